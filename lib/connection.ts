@@ -1,0 +1,189 @@
+/** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
+import type { Logger } from "./log.ts";
+import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
+import type { Service } from "./service.ts";
+import { lingerZero } from "./reset.ts";
+import { TlsError } from "./tls.ts";
+
+export function formatPeer(addr: Deno.Addr): string {
+  if (addr.transport === "tcp" || addr.transport === "udp") {
+    return `${addr.hostname}:${addr.port}`;
+  }
+  return (addr as Deno.UnixAddr).path || "unnamed socket";
+}
+
+export class Connection {
+  /** ms since epoch of the last byte moved in either direction. */
+  lastActivity = Date.now();
+  /** Both read sides still open (else the close timeout applies). */
+  bothOpen = true;
+  /** Set while waiting for the peer in the handshake: TIMEOUTbusy applies. */
+  busy = false;
+  private toTls = 0;
+  private toSocket = 0;
+  private streams: Stream[] = [];
+  /** Every socket of this connection, for `reset = yes`. */
+  private sockets: Deno.Conn[] = [];
+  private timedOut: string | undefined;
+
+  constructor(
+    readonly service: Service,
+    readonly local: Deno.Conn,
+    readonly log: Logger,
+  ) {}
+
+  /** Called by the daemon's timer: closes the connection if it waited too long. */
+  checkTimeout(now: number): void {
+    const o = this.service.opts;
+    const [limit, name] = this.busy
+      ? [o.TIMEOUTbusy, "TIMEOUTbusy"]
+      : this.bothOpen
+      ? [o.TIMEOUTidle, "TIMEOUTidle"]
+      : [o.TIMEOUTclose, "TIMEOUTclose"];
+    if (now - this.lastActivity < limit * 1000) return;
+    this.timedOut = `s_poll_wait: ${name} exceeded: ${this.bothOpen ? "sending reset" : "closing"}`;
+    this.abort();
+  }
+
+  /** Closes both sockets; pending reads and writes then fail and the pumps end. */
+  abort(): void {
+    for (const s of this.streams) s.close();
+  }
+
+  async run(): Promise<void> {
+    const { service, log } = this;
+    log(
+      5,
+      `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
+    );
+    let ok = false;
+    try {
+      await this.establish();
+      ok = true;
+    } catch (e) {
+      this.logFailure(e);
+      if (service.opts.reset) for (const s of this.sockets) lingerZero(s);
+    } finally {
+      for (const s of this.streams) s.close();
+      if (this.streams.length === 0) closeQuietly(this.local);
+      const counts = `${this.toTls} byte(s) sent to TLS, ${this.toSocket} byte(s) sent to socket`;
+      log(5, `Connection ${ok ? "closed" : "reset"}: ${counts}`);
+      this.tlsStream?.tls.free();
+    }
+  }
+
+  private tlsStream: TlsStream | undefined;
+
+  private async establish(): Promise<void> {
+    const { service } = this;
+    const opts = service.opts;
+    this.sockets.push(this.local);
+    setNoDelay(this.local);
+    if (opts.client) {
+      const plain = new PlainStream(this.local);
+      this.streams.push(plain);
+      const remote = await this.connectRemote();
+      const tls = new TlsStream(remote, service.tls.newConnection(service.sniName()));
+      this.tlsStream = tls;
+      this.streams.push(tls);
+      await this.handshake(tls);
+      await this.transfer(tls, plain);
+    } else {
+      const tls = new TlsStream(this.local, service.tls.newConnection());
+      this.tlsStream = tls;
+      this.streams.push(tls);
+      await this.handshake(tls);
+      const remote = await this.connectRemote();
+      const plain = new PlainStream(remote);
+      this.streams.push(plain);
+      await this.transfer(tls, plain);
+    }
+  }
+
+  private async handshake(tls: TlsStream): Promise<void> {
+    const { log, service } = this;
+    this.busy = true;
+    this.lastActivity = Date.now();
+    await tls.handshake();
+    this.busy = false;
+    const engine = tls.tls;
+    const side = service.opts.client ? "connected" : "accepted";
+    log(
+      6,
+      `TLS ${side}: ${engine.sessionReused ? "previous session reused" : "new session negotiated"}`,
+    );
+    service.tls.rememberSession(engine);
+    const { name, bits } = engine.cipher;
+    const version = engine.version;
+    log(
+      6,
+      `${version} ${version === "TLSv1.3" ? "ciphersuite" : "cipher suite"}: ${name} (${bits}-bit encryption)`,
+    );
+  }
+
+  private async connectRemote(): Promise<Deno.Conn> {
+    const remote = await this.service.connect(this.log);
+    this.log(
+      5,
+      `Service [${this.service.name}] connected remote server from ${
+        formatPeer(remote.localAddr)
+      }`,
+    );
+    this.sockets.push(remote);
+    setNoDelay(remote);
+    return remote;
+  }
+
+  /** Both directions at once until both have ended. */
+  private async transfer(tls: TlsStream, plain: PlainStream): Promise<void> {
+    this.lastActivity = Date.now();
+    let failure: unknown;
+    const fail = (e: unknown) => {
+      failure ??= e;
+      this.abort();
+    };
+    const tlsToSocket = pipe(tls, plain, (n) => {
+      this.toSocket += n;
+      this.lastActivity = Date.now();
+    }).then(() => {
+      this.log(6, "TLS closed (SSL_read)");
+      this.bothOpen = false;
+      this.lastActivity = Date.now();
+    }, fail);
+    const socketToTls = pipe(plain, tls, (n) => {
+      this.toTls += n;
+      this.lastActivity = Date.now();
+    }).then(() => {
+      this.log(6, "Read socket closed (read hangup)");
+      this.bothOpen = false;
+      this.lastActivity = Date.now();
+    }, fail);
+    await Promise.all([tlsToSocket, socketToTls]);
+    if (failure !== undefined) throw failure;
+  }
+
+  private logFailure(e: unknown): void {
+    const { log } = this;
+    if (this.timedOut) {
+      log(3, this.timedOut);
+    } else if (e instanceof TlsError) {
+      for (const line of e.logLines()) log(3, line);
+    } else if (e instanceof Error) {
+      log(3, e.message);
+    } else {
+      log(3, String(e));
+    }
+  }
+}
+
+function setNoDelay(conn: Deno.Conn): void {
+  if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}

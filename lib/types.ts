@@ -1,0 +1,135 @@
+/** Shapes shared by the configuration (producer) and the daemon (consumer). */
+
+/** An endpoint of `accept`, `connect`, `redirect` or `local`. */
+export type Address =
+  | { kind: "tcp"; host: string; port: number }
+  | { kind: "unix"; path: string };
+
+/** Where a value came from, for error messages that name file and line. */
+export interface Where {
+  file: string;
+  line: number;
+}
+
+export type Foreground = "yes" | "quiet" | "no";
+export type LogId = "sequential" | "unique" | "thread" | "process";
+
+export interface GlobalOptions {
+  chroot?: string;
+  compression?: "deflate" | "zlib";
+  /** syslog facility name, lower case ("daemon" unless `debug = FACILITY.LEVEL`). */
+  debugFacility: string;
+  /** 0..7: the global section's `debug` level, used for messages that belong to no service. */
+  debugLevel: number;
+  EGD?: string;
+  engine?: string;
+  engineCtrl: string[];
+  engineDefault?: string;
+  fips: boolean;
+  foreground: Foreground;
+  log: "append" | "overwrite";
+  output?: string;
+  /** "" means no pid file (stunnel's default). */
+  pid: string;
+  RNDbytes: number;
+  RNDfile?: string;
+  RNDoverwrite: boolean;
+  service: string;
+  setgid?: string;
+  setuid?: string;
+  syslog: boolean;
+  /** The lines the options above came from, keyed by option name (for late errors). */
+  where: Record<string, Where>;
+}
+
+export interface ServiceOptions {
+  /** Section name; "" for inetd mode (no section). */
+  name: string;
+  accept?: Address;
+  /** Engine-specific CA certificate identifier (`CAengine`). */
+  CAengine?: string;
+  CAfile?: string;
+  CApath?: string;
+  cert?: string;
+  checkEmail: string[];
+  checkHost: string[];
+  checkIP: string[];
+  ciphers: string;
+  ciphersuites: string;
+  client: boolean;
+  config: string[];
+  connect: Address[];
+  CRLfile?: string;
+  CRLpath?: string;
+  curves: string;
+  /** 0..7, per service as in stunnel (the facility is global). */
+  debugLevel: number;
+  delay: boolean;
+  engineId?: string;
+  engineNum?: number;
+  exec?: string;
+  execArgs?: string[];
+  failover: "rr" | "prio";
+  ident?: string;
+  key?: string;
+  libwrap: boolean;
+  local?: string;
+  logId: LogId;
+  OCSP?: string;
+  OCSPaia: boolean;
+  OCSPflag: string[];
+  OCSPnonce: boolean;
+  /** `options =` lines in order; a leading "-" clears the option. */
+  options: string[];
+  protocol?: string;
+  protocolAuthentication?: string;
+  protocolDomain?: string;
+  protocolHeader?: string;
+  protocolHost?: string;
+  protocolPassword?: string;
+  protocolUsername?: string;
+  PSKidentity?: string;
+  PSKsecrets?: string;
+  pty: boolean;
+  redirect?: Address;
+  renegotiation: boolean;
+  requireCert: boolean;
+  reset: boolean;
+  retry: boolean;
+  securityLevel: number;
+  sessionCacheSize: number;
+  sessionCacheTimeout: number;
+  sessionResume: boolean;
+  sessiond?: Address;
+  setgid?: string;
+  setuid?: string;
+  /** Server mode: "MASTER:PATTERN" entries; client mode: at most one name ("" disables SNI). */
+  sni: string[];
+  socket: string[];
+  sslVersionMin?: string;
+  sslVersionMax?: string;
+  stack: number;
+  ticketKeySecret?: Uint8Array;
+  ticketMacSecret?: Uint8Array;
+  TIMEOUTbusy: number;
+  TIMEOUTclose: number;
+  TIMEOUTconnect: number;
+  TIMEOUTidle: number;
+  transparent: "none" | "source" | "destination" | "both";
+  verify?: number;
+  verifyChain: boolean;
+  verifyPeer: boolean;
+  /** The lines the options above came from, keyed by option name. */
+  where: Record<string, Where>;
+}
+
+export interface Configuration {
+  /** Absolute path of the main file, or "-fd N". */
+  source: string;
+  global: GlobalOptions;
+  /** In file order. In inetd mode a single service with name "". */
+  services: ServiceOptions[];
+  inetd: boolean;
+  /** Every file read (the main one, then included ones), in order; for the log. */
+  files?: { path: string; utf8Bom: boolean }[];
+}

@@ -1,0 +1,121 @@
+/**
+ * Public API: run the proxy from a stunnel.conf, or embed a Daemon with a Configuration.
+ */
+import { ConfigError, loadConfig } from "./lib/config.ts";
+import { Daemon, StartError } from "./lib/daemon.ts";
+import { lib, opensslVersion } from "./lib/ffi.ts";
+import { early, LogSink } from "./lib/log.ts";
+import type { Configuration } from "./lib/types.ts";
+
+export { ConfigError, loadConfig } from "./lib/config.ts";
+export { Daemon, StartError } from "./lib/daemon.ts";
+export { LogSink } from "./lib/log.ts";
+export type * from "./lib/types.ts";
+
+/** The stunnel release whose behaviour this implementation follows. */
+export const STUNNEL_VERSION = "5.68";
+export const VERSION = "0.1.0";
+
+/** Set in the environment of the detached child that `foreground = no` starts. */
+const DETACHED_ENV = "STUNNEL_DENO_DETACHED";
+const READY = "ready\n";
+
+export function versionLines(): string[] {
+  const openssl = opensslVersion().replace(/^OpenSSL /, "");
+  return [
+    `stunnel ${STUNNEL_VERSION} on ${Deno.build.arch}-pc-linux-gnu platform`,
+    `stunnel-deno ${VERSION} (TypeScript on Deno ${Deno.version.deno})`,
+    `Compiled with OpenSSL ${openssl}`,
+    `Running  with OpenSSL ${openssl}`,
+    "Threading:DENO Sockets:DENO,IPv6 TLS:SNI",
+  ];
+}
+
+export type ConfigSource = { path: string } | { fd: number };
+
+function load(source: ConfigSource): Promise<Configuration> {
+  return "path" in source ? loadConfig(source.path) : loadConfig(`/proc/self/fd/${source.fd}`);
+}
+
+/** Runs the daemon until a signal stops it; returns the process exit code. */
+export async function run(source: ConfigSource): Promise<number> {
+  let config: Configuration;
+  try {
+    config = await load(source);
+  } catch (e) {
+    const lines = e instanceof ConfigError ? e.lines : [(e as Error).message];
+    for (const line of lines) early(3, line);
+    early(3, "Configuration failed");
+    return 1;
+  }
+  const detached = Deno.env.get(DETACHED_ENV) === "1";
+  if (config.global.foreground === "no" && !detached && !config.inetd) {
+    return await detach();
+  }
+  if (config.inetd) {
+    early(3, "inetd mode (a configuration without [service] sections) is not supported yet");
+    return 1;
+  }
+  if (detached) lib().libc.setsid();
+  const sink = new LogSink(config.global, config.global.foreground === "yes" || detached);
+  try {
+    sink.open();
+  } catch (e) {
+    early(3, `Cannot open log file: ${config.global.output}: ${(e as Error).message}`);
+    early(3, "Configuration failed");
+    return 1;
+  }
+  const ui = sink.bind("ui", config.global.debugLevel);
+  for (const line of versionLines()) ui(5, line);
+  ui(5, `Reading configuration from file ${config.source}`);
+  const daemon = new Daemon(config, () => load(source), sink);
+  try {
+    await daemon.start();
+  } catch (e) {
+    if (!(e instanceof StartError)) ui(3, (e as Error).message);
+    ui(3, "Configuration failed");
+    sink.close();
+    return 1;
+  }
+  if (detached) {
+    // The parent exits once it reads this; from now on nothing goes to its pipes.
+    sink.toStderr = false;
+    await Deno.stdout.write(new TextEncoder().encode(READY));
+  }
+  await daemon.wait();
+  return 0;
+}
+
+/**
+ * `foreground = no`: a detached copy of this process (in a new session) runs the daemon; we
+ * relay its start-up messages and exit with success once it is accepting connections.
+ */
+async function detach(): Promise<number> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...execArgs(), ...Deno.args],
+    env: { [DETACHED_ENV]: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    detached: true,
+  }).spawn();
+  const relay = child.stderr.pipeTo(
+    new WritableStream({ write: (chunk) => void Deno.stderr.writeSync(chunk) }),
+  ).catch(() => {});
+  const reader = child.stdout.getReader();
+  const { value } = await reader.read();
+  const ready = value !== undefined && new TextDecoder().decode(value) === READY;
+  if (!ready) {
+    await relay;
+    return (await child.status).code || 1;
+  }
+  reader.releaseLock();
+  child.unref();
+  return 0;
+}
+
+/** The runtime arguments this process was started with (`run -A main.ts`, or none if compiled). */
+function execArgs(): string[] {
+  const main = new URL("./main.ts", import.meta.url);
+  return main.protocol === "file:" ? ["run", "-A", main.pathname] : [];
+}
