@@ -3,13 +3,13 @@
  */
 import { run, versionLines } from "./mod.ts";
 import { early } from "./lib/log.ts";
-import { defaultsText, helpText, optionsText, socketsText } from "./lib/reference.ts";
+import { helpText, optionsText, socketsText, versionDefaultsText } from "./lib/reference.ts";
 
 /** Debian's stunnel4 reads this file when no argument is given. */
 const DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf";
 
 function printInfo(body: string): never {
-  const text = [...versionLines(), " ", body].join("\n");
+  const text = [...versionLines(), body].join("\n");
   Deno.stderr.writeSync(new TextEncoder().encode(text.endsWith("\n") ? text : `${text}\n`));
   Deno.exit(0);
 }
@@ -21,7 +21,7 @@ async function main(args: string[]): Promise<number> {
       printInfo(helpText());
       break;
     case "-version":
-      printInfo(defaultsText());
+      printInfo(versionDefaultsText());
       break;
     case "-sockets":
       printInfo(socketsText());

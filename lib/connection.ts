@@ -62,7 +62,7 @@ export class Connection {
       ok = true;
     } catch (e) {
       this.logFailure(e);
-      if (service.opts.reset) for (const s of this.sockets) lingerZero(s);
+      if (service.opts.reset) { for (const s of this.sockets) lingerZero(s); }
     } finally {
       for (const s of this.streams) s.close();
       if (this.streams.length === 0) closeQuietly(this.local);
@@ -107,27 +107,26 @@ export class Connection {
     await tls.handshake();
     this.busy = false;
     const engine = tls.tls;
+    const refused = engine.checkPeerNames(service.opts);
+    if (refused) throw new Error(refused);
+    service.tls.rememberSession(engine);
+    if (log.level < 6) return;
     const side = service.opts.client ? "connected" : "accepted";
     log(
       6,
       `TLS ${side}: ${engine.sessionReused ? "previous session reused" : "new session negotiated"}`,
     );
-    service.tls.rememberSession(engine);
     const { name, bits } = engine.cipher;
     const version = engine.version;
-    log(
-      6,
-      `${version} ${version === "TLSv1.3" ? "ciphersuite" : "cipher suite"}: ${name} (${bits}-bit encryption)`,
-    );
+    const kind = version === "TLSv1.3" ? "ciphersuite" : "cipher suite";
+    log(6, `${version} ${kind}: ${name} (${bits}-bit encryption)`);
   }
 
   private async connectRemote(): Promise<Deno.Conn> {
     const remote = await this.service.connect(this.log);
     this.log(
       5,
-      `Service [${this.service.name}] connected remote server from ${
-        formatPeer(remote.localAddr)
-      }`,
+      `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
     );
     this.sockets.push(remote);
     setNoDelay(remote);
@@ -146,7 +145,7 @@ export class Connection {
       this.toSocket += n;
       this.lastActivity = Date.now();
     }).then(() => {
-      this.log(6, "TLS closed (SSL_read)");
+      this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);

@@ -19,7 +19,7 @@ function createServices(config: Configuration, log: Logger): Service[] {
     try {
       services.push(Service.create(opts, log));
     } catch (e) {
-      if (e instanceof TlsError) for (const line of e.logLines()) log(3, line);
+      if (e instanceof TlsError) { for (const line of e.logLines()) log(3, line); }
       else log(3, (e as Error).message);
       log(3, `Service [${opts.name}]: Failed to initialize TLS context`);
       for (const s of services) s.free();
@@ -115,7 +115,6 @@ export class Daemon {
   private handle(service: Service, conn: Deno.Conn): void {
     const id = this.connectionId(service.opts.logId);
     const log = this.sink.bind(id, service.opts.debugLevel);
-    log(7, `Service [${service.name}] accepted (FD=?) from ${formatPeer(conn.remoteAddr)}`);
     const connection = new Connection(service, conn, log);
     this.connections.add(connection);
     connection.run().finally(() => {
@@ -263,7 +262,10 @@ export class Daemon {
         gid === undefined || libc.setgroups(0n, new Uint8Array(0)) !== 0 ||
         libc.setgid(gid) !== 0
       ) {
-        this.log(3, `setgid ${global.setgid}: ${gid === undefined ? "unknown group" : errnoText()}`);
+        this.log(
+          3,
+          `setgid ${global.setgid}: ${gid === undefined ? "unknown group" : errnoText()}`,
+        );
         throw new StartError("setgid");
       }
     }

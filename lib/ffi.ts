@@ -25,7 +25,11 @@ const sslSymbols = {
   SSL_CTX_set_security_level: { parameters: ["pointer", "i32"], result: "void" },
   SSL_CTX_set_session_id_context: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   SSL_CTX_ctrl: { parameters: ["pointer", "i32", "i64", "pointer"], result: "i64" },
-  SSL_CTX_ctrl_str: { name: "SSL_CTX_ctrl", parameters: ["pointer", "i32", "i64", "buffer"], result: "i64" },
+  SSL_CTX_ctrl_str: {
+    name: "SSL_CTX_ctrl",
+    parameters: ["pointer", "i32", "i64", "buffer"],
+    result: "i64",
+  },
   SSL_new: { parameters: ["pointer"], result: "pointer" },
   SSL_free: { parameters: ["pointer"], result: "void" },
   SSL_set_bio: { parameters: ["pointer", "pointer", "pointer"], result: "void" },
@@ -37,7 +41,11 @@ const sslSymbols = {
   SSL_get_error: { parameters: ["pointer", "i32"], result: "i32" },
   SSL_shutdown: { parameters: ["pointer"], result: "i32" },
   SSL_get_shutdown: { parameters: ["pointer"], result: "i32" },
-  SSL_ctrl_str: { name: "SSL_ctrl", parameters: ["pointer", "i32", "i64", "buffer"], result: "i64" },
+  SSL_ctrl_str: {
+    name: "SSL_ctrl",
+    parameters: ["pointer", "i32", "i64", "buffer"],
+    result: "i64",
+  },
   SSL_ctrl: { parameters: ["pointer", "i32", "i64", "pointer"], result: "i64" },
   SSL_get_version: { parameters: ["pointer"], result: "pointer" },
   SSL_get_current_cipher: { parameters: ["pointer"], result: "pointer" },
@@ -50,6 +58,12 @@ const sslSymbols = {
   SSL_SESSION_is_resumable: { parameters: ["pointer"], result: "i32" },
   SSL_get_state: { parameters: ["pointer"], result: "i32" },
   SSL_is_init_finished: { parameters: ["pointer"], result: "i32" },
+  SSL_CTX_load_verify_locations: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  SSL_CTX_set_verify: { parameters: ["pointer", "i32", "pointer"], result: "void" },
+  SSL_load_client_CA_file: { parameters: ["buffer"], result: "pointer" },
+  SSL_CTX_set_client_CA_list: { parameters: ["pointer", "pointer"], result: "void" },
+  SSL_get1_peer_certificate: { parameters: ["pointer"], result: "pointer" },
+  SSL_get_verify_result: { parameters: ["pointer"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const cryptoSymbols = {
@@ -77,6 +91,15 @@ const cryptoSymbols = {
   EVP_PKEY_free: { parameters: ["pointer"], result: "void" },
   OPENSSL_sk_num: { parameters: ["pointer"], result: "i32" },
   OPENSSL_sk_value: { parameters: ["pointer", "i32"], result: "pointer" },
+  X509_check_host: {
+    parameters: ["pointer", "buffer", "usize", "u32", "pointer"],
+    result: "i32",
+  },
+  X509_check_email: { parameters: ["pointer", "buffer", "usize", "u32"], result: "i32" },
+  X509_check_ip_asc: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  X509_get_subject_name: { parameters: ["pointer"], result: "pointer" },
+  X509_NAME_oneline: { parameters: ["pointer", "pointer", "i32"], result: "pointer" },
+  CRYPTO_free: { parameters: ["pointer", "pointer", "i32"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const libcSymbols = {
@@ -166,6 +189,9 @@ export const SSL_SESS_CACHE_SERVER = 2;
 export const BIO_CTRL_PENDING = 10;
 export const BIO_C_SET_BUF_MEM_EOF_RETURN = 130;
 export const TLSEXT_NAMETYPE_host_name = 0;
+export const SSL_VERIFY_NONE = 0;
+export const SSL_VERIFY_PEER = 1;
+export const SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 2;
 
 export const PROTOCOL_VERSIONS: Record<string, number> = {
   SSLv3: 0x300,

@@ -36,8 +36,11 @@ export const FACILITIES: Record<string, number> = {
   local7: 23 << 3,
 };
 
-/** A log function already bound to a connection or component id and a level threshold. */
-export type Logger = (level: number, message: string) => void;
+/** A log function bound to a connection or component id; drops messages above `level`. */
+export interface Logger {
+  (level: number, message: string): void;
+  readonly level: number;
+}
 
 const LOG_PID = 0x01;
 const LOG_NDELAY = 0x08;
@@ -120,9 +123,10 @@ export class LogSink {
 
   /** A logger for one id that drops messages above `threshold`. */
   bind(id: string, threshold: number): Logger {
-    return (level, message) => {
+    const log = (level: number, message: string) => {
       if (level <= threshold) this.write(level, id, message);
     };
+    return Object.assign(log, { level: threshold });
   }
 }
 

@@ -17,20 +17,41 @@ export interface Stream {
 
 const MIN_READ = 4096;
 const MAX_READ = 65536;
+/** The engine's output for one 64 KiB write: four full records and their overhead. */
+const CHUNK = MAX_READ + 4 * 256;
 
 /**
- * Reads start small, so that idle connections pin little memory, and grow while reads come
- * back full (a busy stream), up to 64 KiB, which costs far less CPU per byte than 16 KiB.
+ * Buffers lent for the duration of one synchronous step or one awaited write, so that idle
+ * connections hold none of them and busy ones do not allocate per chunk.
+ */
+class BufferPool {
+  private readonly free: Uint8Array<ArrayBuffer>[] = [];
+
+  get(): Uint8Array<ArrayBuffer> {
+    return this.free.pop() ?? new Uint8Array(CHUNK);
+  }
+
+  put(buf: Uint8Array<ArrayBuffer>): void {
+    if (this.free.length < 256) this.free.push(buf);
+  }
+}
+
+const pool = new BufferPool();
+
+/**
+ * A socket's read buffer starts small, so that idle connections pin little memory, and grows
+ * while reads come back full (a busy stream) up to 64 KiB, which costs far less CPU per byte
+ * than 16 KiB. It is reused: a chunk is only valid until the next read.
  */
 class ReadBuffer {
-  private size = MIN_READ;
+  private buf = new Uint8Array(MIN_READ);
 
-  next(): Uint8Array<ArrayBuffer> {
-    return new Uint8Array(this.size);
+  get(): Uint8Array<ArrayBuffer> {
+    return this.buf;
   }
 
   filled(n: number): void {
-    if (n === this.size && this.size < MAX_READ) this.size *= 2;
+    if (n === this.buf.length && n < MAX_READ) this.buf = new Uint8Array(n * 4);
   }
 }
 
@@ -41,7 +62,7 @@ export class PlainStream implements Stream {
   constructor(readonly conn: Deno.Conn) {}
 
   async read(): Promise<Uint8Array<ArrayBuffer> | null> {
-    const buf = this.buffer.next();
+    const buf = this.buffer.get();
     const n = await this.conn.read(buf);
     if (n === null) return null;
     this.buffer.filled(n);
@@ -83,36 +104,62 @@ export class TlsStream implements Stream {
   /** Completes the handshake; throws a TlsError or a socket error. */
   async handshake(): Promise<void> {
     while (!this.tls.handshake()) {
+      if (this.peerEnd === "eof") throw new Error("Peer suddenly disconnected");
       await this.flush();
       await this.fill();
     }
     await this.flush();
   }
 
+  /** How the peer ended its direction, once it has: stunnel logs the two differently. */
+  peerEnd: "close_notify" | "eof" | undefined;
+
   /** Reads ciphertext from the socket into the engine; at EOF the engine sees EOF. */
   private async fill(): Promise<void> {
     const data = await this.socket.read();
-    if (data === null) this.tls.feedEof();
-    else this.tls.feed(data);
+    if (data === null) {
+      this.peerEnd ??= "eof";
+      this.tls.feedEof();
+    } else {
+      this.tls.feed(data);
+    }
     const waiters = this.inputWaiters;
     this.inputWaiters = [];
     for (const wake of waiters) wake();
   }
 
+  /** Plaintext lent from the pool while decrypted data waits to be consumed. */
+  private plain: Uint8Array<ArrayBuffer> | null = null;
+
   async read(): Promise<Uint8Array<ArrayBuffer> | null> {
-    let out = new Uint8Array(MIN_READ * 4);
     for (;;) {
+      const out = this.plain ??= pool.get();
       const r = this.tls.read(out);
-      if (typeof r === "number") return out.subarray(0, r);
+      if (typeof r === "number") return out.subarray(0, this.readMore(out, r));
+      this.plain = null;
+      pool.put(out);
       if (r === "closed") {
+        this.peerEnd = "close_notify";
         await this.flush();
         return null;
       }
-      // Output produced while reading (tickets, key updates, renegotiation) goes out first.
-      await this.flush();
+      // Like stunnel, a peer that closes TCP without close_notify ends the stream normally.
+      if (this.peerEnd === "eof") return null;
+      // Output produced while reading (tickets, key updates, renegotiation) is sent without
+      // waiting: a peer that is itself blocked writing to us only drains once we read.
+      this.flush().catch(() => {});
       await this.fill();
-      if (out.length < MAX_READ) out = new Uint8Array(MAX_READ);
     }
+  }
+
+  /** SSL_read returns one record at a time: batch what is already here into one chunk. */
+  private readMore(out: Uint8Array<ArrayBuffer>, have: number): number {
+    while (out.length - have >= 16384) {
+      const r = this.tls.read(out.subarray(have));
+      if (typeof r !== "number") break;
+      have += r;
+    }
+    return have;
   }
 
   async write(data: Uint8Array<ArrayBuffer>): Promise<void> {
@@ -126,7 +173,8 @@ export class TlsStream implements Stream {
   }
 
   async closeWrite(): Promise<void> {
-    if (this.sentCloseNotify) return;
+    // A peer that closed without close_notify gets none either, as from stunnel.
+    if (this.sentCloseNotify || this.peerEnd === "eof") return;
     this.sentCloseNotify = true;
     this.tls.shutdown();
     await this.flush();
@@ -145,14 +193,20 @@ export class TlsStream implements Stream {
     for (;;) {
       const pending = this.tls.pendingOutput();
       if (pending === 0) return;
-      const out = new Uint8Array(Math.min(pending, MAX_READ * 2));
-      const n = this.tls.takeOutput(out);
-      await this.socket.write(out.subarray(0, n));
+      const out = pool.get();
+      try {
+        const n = this.tls.takeOutput(out);
+        await this.socket.write(out.subarray(0, n));
+      } finally {
+        pool.put(out);
+      }
     }
   }
 
   close(): void {
+    // A plaintext buffer may still be in a write that the close is failing: not back to the pool.
     this.socket.close();
+    this.plain = null;
   }
 }
 

@@ -74,13 +74,11 @@ export class Service {
       this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port });
     }
     const bound = this.listener.addr;
-    const where = bound.transport === "unix"
-      ? (bound as Deno.UnixAddr).path
-      : formatAddress({
-        kind: "tcp",
-        host: (bound as Deno.NetAddr).hostname,
-        port: (bound as Deno.NetAddr).port,
-      });
+    const where = bound.transport === "unix" ? (bound as Deno.UnixAddr).path : formatAddress({
+      kind: "tcp",
+      host: (bound as Deno.NetAddr).hostname,
+      port: (bound as Deno.NetAddr).port,
+    });
     log(6, `Service [${this.name}] bound to ${where}`);
     return this.listener;
   }

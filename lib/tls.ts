@@ -32,6 +32,9 @@ import {
   SSL_SESS_CACHE_CLIENT,
   SSL_SESS_CACHE_OFF,
   SSL_SESS_CACHE_SERVER,
+  SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+  SSL_VERIFY_NONE,
+  SSL_VERIFY_PEER,
   TLSEXT_NAMETYPE_host_name,
 } from "./ffi.ts";
 import { DEFAULT_SSL_OPTIONS, SSL_OPTIONS, sslOptionName } from "./options.ts";
@@ -79,6 +82,12 @@ type ContextOptions = Pick<
   | "sessionCacheSize"
   | "sessionCacheTimeout"
   | "sni"
+  | "CAfile"
+  | "CApath"
+  | "verifyChain"
+  | "checkHost"
+  | "checkIP"
+  | "checkEmail"
 >;
 
 /** One SSL_CTX, shared by all connections of a service. */
@@ -128,6 +137,7 @@ export class TlsContext {
       null,
     );
     this.applySessionCache(log);
+    this.applyVerification(log);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);
     check(
       Number(ssl.SSL_CTX_ctrl_str(ctx, SSL_CTRL_SET_GROUPS_LIST, 0n, cstr(opts.curves))) === 1,
@@ -202,6 +212,39 @@ export class TlsContext {
       ssl.SSL_CTX_set_session_id_context(ctx, sid, sid.length);
     }
     log(6, "Session resumption enabled");
+  }
+
+  /** CAfile/CApath as trust anchors; verifyChain makes a verified certificate mandatory. */
+  private applyVerification(log: TlsContextLog): void {
+    const { ssl } = lib();
+    const { ctx, opts } = this;
+    if (opts.CAfile || opts.CApath) {
+      check(
+        ssl.SSL_CTX_load_verify_locations(
+          ctx,
+          opts.CAfile ? cstr(opts.CAfile) : null,
+          opts.CApath ? cstr(opts.CApath) : null,
+        ) === 1,
+        "SSL_CTX_load_verify_locations",
+      );
+      if (opts.CAfile) log(7, `Trusted certificates loaded from file: ${opts.CAfile}`);
+      if (!opts.client && opts.CAfile) {
+        // The client is told which CAs it may choose its certificate from.
+        const names = ssl.SSL_load_client_CA_file(cstr(opts.CAfile));
+        if (names !== null) ssl.SSL_CTX_set_client_CA_list(ctx, names);
+      }
+    }
+    if (!opts.verifyChain) {
+      ssl.SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, null);
+      if (!opts.client) log(6, "Peer certificate not required");
+      else log(4, `Service [${opts.name}] needs authentication to prevent MITM attacks`);
+      return;
+    }
+    if (!opts.CAfile && !opts.CApath) {
+      throw new TlsError("verifyChain", [], "Either CApath or CAfile has to be used");
+    }
+    ssl.SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, null);
+    log(7, "Peer certificate required and verified");
   }
 
   private loadCertificate(cert: string, key: string, log: TlsContextLog): void {
@@ -303,6 +346,15 @@ export class TlsContext {
   }
 }
 
+/** The certificate's subject in OpenSSL's one-line form (`/CN=localhost`). */
+function subjectOf(cert: Ptr): string {
+  const { crypto } = lib();
+  const p = crypto.X509_NAME_oneline(crypto.X509_get_subject_name(cert), null, 0);
+  const text = readCString(p);
+  crypto.CRYPTO_free(p, null, 0);
+  return text;
+}
+
 function isPem(bytes: Uint8Array): boolean {
   const head = new TextDecoder().decode(bytes.subarray(0, Math.min(bytes.length, 65536)));
   return head.includes("-----BEGIN");
@@ -319,6 +371,7 @@ export class TlsConnection {
   private readonly rbio: Ptr;
   private readonly wbio: Ptr;
   private freed = false;
+  private eof = false;
 
   constructor(context: TlsContext, readonly client: boolean, sni?: string) {
     const { ssl, crypto } = lib();
@@ -354,6 +407,7 @@ export class TlsConnection {
 
   /** The peer's socket reached end of file: OpenSSL sees EOF instead of "retry". */
   feedEof(): void {
+    this.eof = true;
     lib().crypto.BIO_ctrl(this.rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0n, null);
   }
 
@@ -373,6 +427,11 @@ export class TlsConnection {
     if (n > 0) return n;
     const err = ssl.SSL_get_error(this.ssl, n);
     if (err === SSL_ERROR_ZERO_RETURN) return "closed";
+    if (this.eof && (err === SSL_ERROR_SYSCALL || err === SSL_ERROR_SSL)) {
+      // The socket ended without close_notify: the caller decides what that means.
+      drainErrors();
+      return "want";
+    }
     this.failUnlessRetry(n, "SSL_read", err);
     return "want";
   }
@@ -426,7 +485,41 @@ export class TlsConnection {
   get cipher(): { name: string; bits: number } {
     const { ssl } = lib();
     const c = ssl.SSL_get_current_cipher(this.ssl);
-    return { name: readCString(ssl.SSL_CIPHER_get_name(c)), bits: ssl.SSL_CIPHER_get_bits(c, null) };
+    return {
+      name: readCString(ssl.SSL_CIPHER_get_name(c)),
+      bits: ssl.SSL_CIPHER_get_bits(c, null),
+    };
+  }
+
+  /**
+   * checkHost/checkIP/checkEmail: any one match accepts; no checks accepts. Returns the reason
+   * for a refusal, or undefined.
+   */
+  checkPeerNames(
+    opts: Pick<ServiceOptions, "checkHost" | "checkIP" | "checkEmail">,
+  ): string | undefined {
+    const { checkHost, checkIP, checkEmail } = opts;
+    if (checkHost.length + checkIP.length + checkEmail.length === 0) return undefined;
+    const { ssl, crypto } = lib();
+    const cert = ssl.SSL_get1_peer_certificate(this.ssl);
+    if (cert === null) return "CERT: No peer certificate received";
+    try {
+      const bytes = (s: string) => cstr(s).subarray(0, -1);
+      const host = checkHost.find((h) =>
+        crypto.X509_check_host(cert, bytes(h), BigInt(bytes(h).length), 0, null) === 1
+      );
+      if (host !== undefined) return undefined;
+      if (checkIP.some((ip) => crypto.X509_check_ip_asc(cert, cstr(ip), 0) === 1)) {
+        return undefined;
+      }
+      const email = checkEmail.find((m) =>
+        crypto.X509_check_email(cert, bytes(m), BigInt(bytes(m).length), 0) === 1
+      );
+      if (email !== undefined) return undefined;
+      return `CERT: Subject checks failed for ${subjectOf(cert)}`;
+    } finally {
+      crypto.X509_free(cert);
+    }
   }
 
   private failUnlessRetry(r: number, what: string, known?: number): void {

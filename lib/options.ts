@@ -1,0 +1,1451 @@
+/**
+ * THE option table: every stunnel.conf option, its scope, value shape, default, help text,
+ * parser and implementation status. The parser (config.ts), `-help`/`-version` output and
+ * docs/options.md are all derived from it.
+ */
+
+import { type AddressRole, parseAddress, type ServiceLookup } from "./address.ts";
+import type { GlobalOptions, ServiceOptions } from "./types.ts";
+
+export type Scope = "global" | "service";
+
+/**
+ * "supported": implemented by the daemon.
+ * "later": parsed and validated, then refused as "not supported yet".
+ * refused: can never work here; stunnel on Unix does not know the name either.
+ */
+export type Status = "supported" | "later" | { refused: string };
+
+/** What parsing may consult outside the text (injectable so tests need no real files). */
+export interface System {
+  /** undefined when `path` can be opened for reading, else a strerror-like reason. */
+  unreadable(path: string): string | undefined;
+  userExists(name: string): boolean;
+  groupExists(name: string): boolean;
+  tcpService: ServiceLookup;
+}
+
+export interface ParseContext {
+  system: System;
+  /** True before the first [section]: service-level options there are defaults. */
+  inGlobalSection: boolean;
+}
+
+/** Where a parsed value goes: the global options and the service being built. */
+export interface Target {
+  global: GlobalOptions;
+  /** The section's options, or the defaults template while in the global section. */
+  service: ServiceOptions;
+  inGlobalSection: boolean;
+}
+
+export interface OptionSpec<V = unknown> {
+  /** stunnel's spelling; matched case-insensitively. */
+  name: string;
+  /** Other names stunnel accepts for the same option (not documented). */
+  aliases?: readonly string[];
+  scope: Scope;
+  /** Value shape for the docs, e.g. "yes | no" or "[HOST:]PORT". */
+  syntax: string;
+  /** One line, as stunnel's `-help` prints it after "NAME = ". */
+  help: string;
+  /** Continuation lines `-help` prints under the first one. */
+  helpMore?: readonly string[];
+  /** False for options stunnel 5.68 on Linux leaves out of `-help`. */
+  inHelp: boolean;
+  /** stunnel 5.68's default, for the docs. */
+  default?: string;
+  /** Lines `-version` prints after "NAME = " in its defaults block. */
+  versionDefault?: readonly string[];
+  /** Each occurrence adds a value instead of replacing the previous one. */
+  repeat: boolean;
+  status: Status;
+  /** How this implementation differs, for the docs. */
+  note?: string;
+  /** Turns the raw value into the typed one; throws a reason string (stunnel's wording). */
+  parse(raw: string, context: ParseContext): V;
+  store(target: Target, value: V): void;
+}
+
+// ---------------------------------------------------------------- value kinds
+
+interface Kind<V> {
+  syntax: string;
+  parse(raw: string, context: ParseContext): V;
+}
+
+const YES_NO = "The argument needs to be either 'yes' or 'no'";
+
+const text: Kind<string> = { syntax: "STRING", parse: (raw) => raw };
+
+/** stunnel treats an empty path as "unset" for these. */
+const optionalPath: Kind<string | undefined> = {
+  syntax: "PATH",
+  parse: (raw) => raw === "" ? undefined : raw,
+};
+
+const yesNo: Kind<boolean> = {
+  syntax: "yes | no",
+  parse(raw) {
+    const value = raw.toLowerCase();
+    if (value === "yes") return true;
+    if (value === "no") return false;
+    throw YES_NO;
+  },
+};
+
+/** Case-insensitive choice; `values` maps accepted spellings to the stored value. */
+function enumOf<T extends string>(values: Record<string, T>, message: string): Kind<T> {
+  const choices = new Map(Object.entries(values).map(([k, v]) => [k.toLowerCase(), v]));
+  return {
+    syntax: [...new Set(Object.values(values))].join(" | "),
+    parse(raw) {
+      const value = choices.get(raw.toLowerCase());
+      if (value === undefined) throw message;
+      return value;
+    },
+  };
+}
+
+/** strtol-style decimal integer within [min, max]. */
+function integer(message: string, min = 0, max = Number.MAX_SAFE_INTEGER): Kind<number> {
+  return {
+    syntax: "NUMBER",
+    parse(raw) {
+      if (!/^[+-]?[0-9]+$/.test(raw)) throw message;
+      const value = Number(raw);
+      if (value < min || value > max) throw message;
+      return value;
+    },
+  };
+}
+
+function seconds(what: string): Kind<number> {
+  return { ...integer(`Illegal ${what} timeout`), syntax: "SECONDS" };
+}
+
+function address(role: AddressRole): Kind<ReturnType<typeof parseAddress>> {
+  return {
+    syntax: "[HOST:]PORT",
+    parse: (raw, context) => parseAddress(raw, role, context.system.tcpService),
+  };
+}
+
+const readableFile: Kind<string> = {
+  syntax: "FILE",
+  parse(raw, context) {
+    const reason = context.system.unreadable(raw);
+    if (reason !== undefined) throw `cannot read ${raw}: ${reason}`;
+    return raw;
+  },
+};
+
+const SYSLOG_FACILITIES = [
+  "auth",
+  "cron",
+  "daemon",
+  "kern",
+  "lpr",
+  "mail",
+  "news",
+  "syslog",
+  "user",
+  "uucp",
+  "local0",
+  "local1",
+  "local2",
+  "local3",
+  "local4",
+  "local5",
+  "local6",
+  "local7",
+  "authpriv",
+  "ftp",
+];
+const SYSLOG_LEVELS = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+
+interface Debug {
+  facility?: string;
+  level: number;
+}
+
+/** `[FACILITY.]LEVEL`; a facility is only meaningful (and accepted) in the global section. */
+const debug: Kind<Debug> = {
+  syntax: "[FACILITY.]LEVEL",
+  parse(raw, context) {
+    let levelText = raw;
+    let facility: string | undefined;
+    if (context.inGlobalSection && raw.includes(".")) {
+      const dot = raw.indexOf(".");
+      facility = raw.slice(0, dot).toLowerCase();
+      if (!SYSLOG_FACILITIES.includes(facility)) throw "Illegal syslog facility";
+      levelText = raw.slice(dot + 1);
+    }
+    if (/^[0-7]$/.test(levelText)) return { facility, level: Number(levelText) };
+    const level = SYSLOG_LEVELS.indexOf(levelText.toLowerCase());
+    if (level < 0) throw "Illegal debug level";
+    return { facility, level };
+  },
+};
+
+const TLS_VERSIONS = ["all", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"];
+const tlsVersion: Kind<string> = {
+  ...enumOf(Object.fromEntries(TLS_VERSIONS.map((v) => [v, v])), "Invalid protocol version"),
+  syntax: TLS_VERSIONS.join(" | "),
+};
+
+/**
+ * OpenSSL 3.0 SSL_OP_* values (include/openssl/ssl.h) for every name `stunnel -options` lists,
+ * in its order. Names that are 0 are obsolete no-ops kept by OpenSSL for compatibility.
+ */
+export const SSL_OPTIONS: Readonly<Record<string, bigint>> = (() => {
+  const bit = (n: number) => 1n << BigInt(n);
+  return {
+    ALL: bit(31) | bit(11) | bit(4) | bit(6),
+    ALLOW_CLIENT_RENEGOTIATION: bit(8),
+    ALLOW_NO_DHE_KEX: bit(10),
+    ALLOW_UNSAFE_LEGACY_RENEGOTIATION: bit(18),
+    CIPHER_SERVER_PREFERENCE: bit(22),
+    CISCO_ANYCONNECT: bit(15),
+    CLEANSE_PLAINTEXT: bit(1),
+    COOKIE_EXCHANGE: bit(13),
+    CRYPTOPRO_TLSEXT_BUG: bit(31),
+    DISABLE_TLSEXT_CA_NAMES: bit(9),
+    DONT_INSERT_EMPTY_FRAGMENTS: bit(11),
+    ENABLE_KTLS: bit(3),
+    ENABLE_MIDDLEBOX_COMPAT: bit(20),
+    EPHEMERAL_RSA: 0n,
+    IGNORE_UNEXPECTED_EOF: bit(7),
+    LEGACY_SERVER_CONNECT: bit(2),
+    MICROSOFT_BIG_SSLV3_BUFFER: 0n,
+    MICROSOFT_SESS_ID_BUG: 0n,
+    MSIE_SSLV2_RSA_PADDING: 0n,
+    NETSCAPE_CA_DN_BUG: 0n,
+    NETSCAPE_CHALLENGE_BUG: 0n,
+    NETSCAPE_DEMO_CIPHER_CHANGE_BUG: 0n,
+    NETSCAPE_REUSE_CIPHER_CHANGE_BUG: 0n,
+    NO_ANTI_REPLAY: bit(24),
+    NO_COMPRESSION: bit(17),
+    NO_DTLS_MASK: bit(26) | bit(27),
+    NO_DTLSv1: bit(26),
+    NO_DTLSv1_2: bit(27),
+    NO_ENCRYPT_THEN_MAC: bit(19),
+    NO_EXTENDED_MASTER_SECRET: bit(0),
+    NO_QUERY_MTU: bit(12),
+    NO_RENEGOTIATION: bit(30),
+    NO_SESSION_RESUMPTION_ON_RENEGOTIATION: bit(16),
+    NO_SSL_MASK: bit(25) | bit(26) | bit(28) | bit(27) | bit(29),
+    NO_SSLv2: 0n,
+    NO_SSLv3: bit(25),
+    NO_TICKET: bit(14),
+    NO_TLSv1: bit(26),
+    NO_TLSv1_1: bit(28),
+    NO_TLSv1_2: bit(27),
+    NO_TLSv1_3: bit(29),
+    PKCS1_CHECK_1: 0n,
+    PKCS1_CHECK_2: 0n,
+    PRIORITIZE_CHACHA: bit(21),
+    SAFARI_ECDHE_ECDSA_BUG: bit(6),
+    SINGLE_DH_USE: 0n,
+    SINGLE_ECDH_USE: 0n,
+    SSLEAY_080_CLIENT_DH_BUG: 0n,
+    SSLREF2_REUSE_CERT_TYPE_BUG: 0n,
+    TLS_BLOCK_PADDING_BUG: 0n,
+    TLS_D5_BUG: 0n,
+    TLSEXT_PADDING: bit(4),
+    TLS_ROLLBACK_BUG: bit(23),
+  };
+})();
+
+/** stunnel sets these before any `options =` line is applied. */
+export const DEFAULT_SSL_OPTIONS: readonly string[] = ["NO_SSLv2", "NO_SSLv3"];
+
+/** Finds the canonical SSL_OPTIONS name, case-insensitively. */
+export function sslOptionName(name: string): string | undefined {
+  const lower = name.toLowerCase();
+  return Object.keys(SSL_OPTIONS).find((k) => k.toLowerCase() === lower);
+}
+
+/** `NAME` or `-NAME`, stored canonically spelled. */
+const sslOption: Kind<string> = {
+  syntax: "SSL_OPTION | -SSL_OPTION",
+  parse(raw) {
+    const clear = raw.startsWith("-");
+    const name = sslOptionName(clear ? raw.slice(1) : raw);
+    if (name === undefined) throw "Illegal TLS option";
+    return clear ? `-${name}` : name;
+  },
+};
+
+export type SocketOptionType = "flag" | "int" | "linger" | "timeval" | "string";
+
+export interface SocketOptionSpec {
+  name: string;
+  type: SocketOptionType;
+  /** stunnel's own defaults for accept, local and remote sockets ("" = OS default). */
+  stunnel: readonly [string, string, string];
+  /** The OS default `stunnel -sockets` printed on Linux. */
+  os: string;
+}
+
+/** The socket options stunnel 5.68 knows on Linux, in `-sockets` order. */
+export const SOCKET_OPTIONS: readonly SocketOptionSpec[] = [
+  { name: "SO_DEBUG", type: "flag", stunnel: ["", "", ""], os: "no" },
+  { name: "SO_DONTROUTE", type: "flag", stunnel: ["", "", ""], os: "no" },
+  { name: "SO_KEEPALIVE", type: "flag", stunnel: ["", "", ""], os: "no" },
+  { name: "SO_LINGER", type: "linger", stunnel: ["", "", ""], os: "0:0" },
+  { name: "SO_OOBINLINE", type: "flag", stunnel: ["", "", ""], os: "no" },
+  { name: "SO_RCVBUF", type: "int", stunnel: ["", "", ""], os: "131072" },
+  { name: "SO_SNDBUF", type: "int", stunnel: ["", "", ""], os: "16384" },
+  { name: "SO_RCVLOWAT", type: "int", stunnel: ["", "", ""], os: "1" },
+  { name: "SO_SNDLOWAT", type: "int", stunnel: ["", "", ""], os: "1" },
+  { name: "SO_RCVTIMEO", type: "timeval", stunnel: ["", "", ""], os: "0:0" },
+  { name: "SO_SNDTIMEO", type: "timeval", stunnel: ["", "", ""], os: "0:0" },
+  { name: "SO_REUSEADDR", type: "flag", stunnel: ["yes", "", ""], os: "no" },
+  { name: "SO_BINDTODEVICE", type: "string", stunnel: ["", "", ""], os: "" },
+  { name: "TCP_KEEPCNT", type: "int", stunnel: ["", "", ""], os: "9" },
+  { name: "TCP_KEEPIDLE", type: "int", stunnel: ["", "", ""], os: "7200" },
+  { name: "TCP_KEEPINTVL", type: "int", stunnel: ["", "", ""], os: "75" },
+  { name: "IP_TOS", type: "int", stunnel: ["", "", ""], os: "0" },
+  { name: "IP_TTL", type: "int", stunnel: ["", "", ""], os: "64" },
+  { name: "TCP_NODELAY", type: "flag", stunnel: ["", "yes", "yes"], os: "no" },
+  { name: "IP_FREEBIND", type: "flag", stunnel: ["", "", ""], os: "no" },
+  { name: "IPV6_V6ONLY", type: "flag", stunnel: ["", "", ""], os: "no" },
+];
+
+const SOCKET_VALUE: Record<SocketOptionType, RegExp> = {
+  flag: /^(yes|no|1|0)$/i,
+  int: /^[+-]?[0-9]+$/,
+  linger: /^[+-]?[0-9]+(:[+-]?[0-9]+)?$/,
+  timeval: /^[+-]?[0-9]+(:[+-]?[0-9]+)?$/,
+  // The value has to fit stunnel's option union (16 bytes with the NUL).
+  string: /^.{0,15}$/,
+};
+
+/** `a|l|r:OPTION=VALUE[:VALUE]`; option names are case-sensitive in stunnel. */
+const socketOption: Kind<string> = {
+  syntax: "a|l|r:OPTION=VALUE[:VALUE]",
+  parse(raw) {
+    const m = /^([alr]):([^=]*)=(.*)$/.exec(raw);
+    const spec = m && SOCKET_OPTIONS.find((s) => s.name === m[2]);
+    if (!m || !spec || !SOCKET_VALUE[spec.type].test(m[3])) throw "Illegal socket option";
+    return raw;
+  },
+};
+
+const OCSP_FLAGS = [
+  "NOCERTS",
+  "NOINTERN",
+  "NOSIGS",
+  "NOCHAIN",
+  "NOVERIFY",
+  "NOEXPLICIT",
+  "NOCASIGN",
+  "NODELEGATED",
+  "NOCHECKS",
+  "TRUSTOTHER",
+  "RESPID_KEY",
+  "NOTIME",
+];
+const ocspFlag: Kind<string> = {
+  ...enumOf(Object.fromEntries(OCSP_FLAGS.map((f) => [f, f])), "Illegal OCSP flag"),
+  syntax: "OCSP_FLAG",
+};
+
+/** Protocol names stunnel 5.68 knows (checked at section end there, at the line here). */
+export const PROTOCOLS = [
+  "cifs",
+  "capwin",
+  "capwinctrl",
+  "connect",
+  "imap",
+  "ldap",
+  "nntp",
+  "pgsql",
+  "pop3",
+  "proxy",
+  "smtp",
+  "socks",
+];
+const protocol: Kind<string> = {
+  ...enumOf(Object.fromEntries(PROTOCOLS.map((p) => [p, p])), "Protocol not supported"),
+  syntax: "PROTOCOL",
+};
+
+function ticketSecret(option: string): Kind<Uint8Array> {
+  return {
+    syntax: "HEX",
+    parse(raw) {
+      const hex = /^[0-9a-f]{2}(:?[0-9a-f]{2})*$/i.test(raw) ? raw.replaceAll(":", "") : "";
+      if (hex.length !== 32 && hex.length !== 64) {
+        throw `Required ${option} is 16 or 32 byte hexadecimal key`;
+      }
+      return Uint8Array.from(hex.match(/../g)!, (byte) => parseInt(byte, 16));
+    },
+  };
+}
+
+function account(kind: "UID" | "GID"): Kind<string> {
+  return {
+    syntax: kind === "UID" ? "USER" : "GROUP",
+    parse(raw, context) {
+      const exists = kind === "UID" ? context.system.userExists : context.system.groupExists;
+      if (!exists(raw) && !/^[+-]?[0-9]+$/.test(raw)) throw `Illegal ${kind}`;
+      return raw;
+    },
+  };
+}
+
+const transparent = enumOf(
+  {
+    none: "none",
+    no: "none",
+    source: "source",
+    yes: "source",
+    destination: "destination",
+    both: "both",
+  },
+  "Selected transparent proxy mode is not available",
+);
+
+const fips: Kind<boolean> = {
+  syntax: "yes | no",
+  parse(raw, context) {
+    if (yesNo.parse(raw, context)) {
+      throw "FIPS support is not available: no FIPS provider is loaded";
+    }
+    return false;
+  },
+};
+
+const compression: Kind<"deflate" | "zlib"> = {
+  syntax: "deflate | zlib",
+  parse(raw) {
+    if (!["deflate", "zlib"].includes(raw.toLowerCase())) {
+      throw "Specified compression type is not available";
+    }
+    throw "Configured compression is unsupported: this libssl has no zlib support";
+  },
+};
+
+// ---------------------------------------------------------------- where values go
+
+type GlobalField = Exclude<keyof GlobalOptions, "where">;
+type ServiceField = Exclude<keyof ServiceOptions, "where" | "name">;
+type ListField = {
+  [K in ServiceField]-?: ServiceOptions[K] extends unknown[] ? K : never;
+}[ServiceField];
+
+function toGlobal<K extends GlobalField>(field: K) {
+  return (t: Target, value: GlobalOptions[K]) => {
+    t.global[field] = value;
+  };
+}
+
+function toService<K extends ServiceField>(field: K) {
+  return (t: Target, value: ServiceOptions[K]) => {
+    t.service[field] = value;
+  };
+}
+
+function appendTo<K extends ListField>(field: K) {
+  return (t: Target, value: ServiceOptions[K][number]) => {
+    (t.service[field] as ServiceOptions[K][number][]).push(value);
+  };
+}
+
+/** For options that are both a service default and a process-wide setting in the global section. */
+function toServiceAndGlobal<K extends ServiceField & GlobalField>(field: K) {
+  return (t: Target, value: ServiceOptions[K] & GlobalOptions[K]) => {
+    t.service[field] = value;
+    if (t.inGlobalSection) t.global[field] = value;
+  };
+}
+
+const nowhere = () => {};
+
+// ---------------------------------------------------------------- the table
+
+type Entry<V> =
+  & Omit<OptionSpec<V>, "inHelp" | "repeat" | "syntax">
+  & Partial<Pick<OptionSpec<V>, "inHelp" | "repeat" | "syntax">>;
+
+function define<V>(entry: Entry<V>): OptionSpec {
+  return { syntax: "STRING", inHelp: true, repeat: false, ...entry } as OptionSpec;
+}
+
+const NEVER_ON_UNIX = "GUI option of stunnel on Windows; stunnel on Unix does not know it";
+const NO_EFFECT = "Accepted for compatibility; has no effect (the runtime sizes its own stacks)";
+
+/** All options, global ones first, each group in stunnel's `-help` order. */
+export const OPTIONS: readonly OptionSpec[] = [
+  // ------------------------------------------------------------ global options
+  define({
+    name: "chroot",
+    scope: "global",
+    status: "supported",
+    ...text,
+    syntax: "DIRECTORY",
+    store: toGlobal("chroot"),
+    help: "directory to chroot stunnel process",
+  }),
+  define({
+    name: "compression",
+    scope: "global",
+    status: "supported",
+    ...compression,
+    store: toGlobal("compression"),
+    default: "no compression",
+    help: "compression type",
+    note: "Always refused: the linked libssl has no zlib support.",
+  }),
+  define({
+    name: "EGD",
+    scope: "global",
+    status: "later",
+    ...text,
+    syntax: "EGDPATH",
+    store: toGlobal("EGD"),
+    help: "path to Entropy Gathering Daemon socket",
+  }),
+  define({
+    name: "engine",
+    scope: "global",
+    status: "later",
+    ...text,
+    syntax: "auto | ENGINE_ID",
+    store: toGlobal("engine"),
+    help: "auto|engine_id",
+  }),
+  define({
+    name: "engineCtrl",
+    scope: "global",
+    status: "later",
+    repeat: true,
+    ...text,
+    syntax: "COMMAND[:PARAMETER]",
+    store: (t, v: string) => t.global.engineCtrl.push(v),
+    help: "cmd[:arg]",
+  }),
+  define({
+    name: "engineDefault",
+    scope: "global",
+    status: "later",
+    ...text,
+    syntax: "TASK_LIST",
+    store: toGlobal("engineDefault"),
+    help: "TASK_LIST",
+  }),
+  define({
+    name: "fips",
+    scope: "global",
+    status: "supported",
+    inHelp: false,
+    ...fips,
+    store: toGlobal("fips"),
+    default: "no",
+    help: "yes|no FIPS 140-2 mode",
+    note: 'Only "no" works: no FIPS provider is loaded.',
+  }),
+  define({
+    name: "foreground",
+    scope: "global",
+    status: "supported",
+    ...enumOf<"yes" | "quiet" | "no">(
+      { yes: "yes", quiet: "quiet", no: "no" },
+      "The argument needs to be either 'yes', 'quiet' or 'no'",
+    ),
+    store: toGlobal("foreground"),
+    default: "no",
+    help: "yes|quiet|no foreground mode (don't fork, log to stderr)",
+  }),
+  define({
+    name: "iconActive",
+    scope: "global",
+    status: { refused: NEVER_ON_UNIX },
+    inHelp: false,
+    ...text,
+    syntax: "ICONFILE",
+    store: nowhere,
+    help: "icon when connections are established",
+  }),
+  define({
+    name: "iconError",
+    scope: "global",
+    status: { refused: NEVER_ON_UNIX },
+    inHelp: false,
+    ...text,
+    syntax: "ICONFILE",
+    store: nowhere,
+    help: "icon for invalid configuration file",
+  }),
+  define({
+    name: "iconIdle",
+    scope: "global",
+    status: { refused: NEVER_ON_UNIX },
+    inHelp: false,
+    ...text,
+    syntax: "ICONFILE",
+    store: nowhere,
+    help: "icon when no connections were established",
+  }),
+  define({
+    name: "log",
+    scope: "global",
+    status: "supported",
+    ...enumOf<"append" | "overwrite">(
+      { append: "append", overwrite: "overwrite" },
+      "The argument needs to be either 'append' or 'overwrite'",
+    ),
+    store: toGlobal("log"),
+    default: "append",
+    help: "append|overwrite log file",
+  }),
+  define({
+    name: "output",
+    scope: "global",
+    status: "supported",
+    ...text,
+    syntax: "FILE",
+    store: toGlobal("output"),
+    help: "file to append log messages",
+  }),
+  define({
+    name: "pid",
+    scope: "global",
+    status: "supported",
+    ...text,
+    syntax: "FILE",
+    store: toGlobal("pid"),
+    default: "(none)",
+    help: "pid file",
+  }),
+  define({
+    name: "RNDbytes",
+    scope: "global",
+    status: "later",
+    ...integer("Illegal number of bytes to read from random seed files"),
+    syntax: "BYTES",
+    store: toGlobal("RNDbytes"),
+    default: "1024",
+    versionDefault: ["1024"],
+    help: "bytes to read from random seed files",
+  }),
+  define({
+    name: "RNDfile",
+    scope: "global",
+    status: "later",
+    ...text,
+    syntax: "FILE",
+    store: toGlobal("RNDfile"),
+    default: "/dev/urandom",
+    versionDefault: ["/dev/urandom"],
+    help: "path to file with random seed data",
+  }),
+  define({
+    name: "RNDoverwrite",
+    scope: "global",
+    status: "later",
+    ...yesNo,
+    store: toGlobal("RNDoverwrite"),
+    default: "yes",
+    versionDefault: ["yes"],
+    help: "yes|no overwrite seed datafiles with new random data",
+  }),
+  define({
+    name: "syslog",
+    scope: "global",
+    status: "supported",
+    ...yesNo,
+    store: toGlobal("syslog"),
+    default: "yes",
+    help: "yes|no send logging messages to syslog",
+  }),
+  define({
+    name: "taskbar",
+    scope: "global",
+    status: { refused: "Windows-only option; stunnel on Unix does not know it" },
+    inHelp: false,
+    ...yesNo,
+    store: nowhere,
+    default: "yes",
+    help: "yes|no enable the taskbar icon",
+  }),
+
+  // ------------------------------------------------------------ service-level options
+  define({
+    name: "accept",
+    scope: "service",
+    status: "supported",
+    ...address("accept"),
+    store: toService("accept"),
+    help: "[host:]port accept connections on specified host:port",
+  }),
+  define({
+    name: "CAengine",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "IDENTIFIER",
+    store: toService("CAengine"),
+    help: "engine-specific CA certificate identifier for 'verify' option",
+  }),
+  define({
+    name: "CApath",
+    scope: "service",
+    status: "supported",
+    ...optionalPath,
+    syntax: "DIRECTORY",
+    store: toService("CApath"),
+    help: "CA certificate directory for 'verify' option",
+  }),
+  define({
+    name: "CAfile",
+    scope: "service",
+    status: "supported",
+    ...optionalPath,
+    syntax: "FILE",
+    store: toService("CAfile"),
+    help: "CA certificate file for 'verify' option",
+  }),
+  define({
+    name: "cert",
+    scope: "service",
+    status: "supported",
+    ...readableFile,
+    store: toService("cert"),
+    help: "certificate chain",
+  }),
+  define({
+    name: "checkEmail",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...text,
+    syntax: "EMAIL",
+    store: appendTo("checkEmail"),
+    help: "peer certificate email address",
+  }),
+  define({
+    name: "checkHost",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...text,
+    syntax: "HOST",
+    store: appendTo("checkHost"),
+    help: "peer certificate host name pattern",
+  }),
+  define({
+    name: "checkIP",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...text,
+    syntax: "IP",
+    store: appendTo("checkIP"),
+    help: "peer certificate IP address",
+  }),
+  define({
+    name: "ciphers",
+    scope: "service",
+    status: "supported",
+    ...text,
+    syntax: "CIPHER_LIST",
+    store: toService("ciphers"),
+    default: "HIGH:!aNULL:!SSLv2:!DH:!kDHEPSK",
+    versionDefault: ["HIGH:!aNULL:!SSLv2:!DH:!kDHEPSK"],
+    help: "permitted ciphers for TLS 1.2 or older",
+  }),
+  define({
+    name: "ciphersuites",
+    scope: "service",
+    status: "supported",
+    ...text,
+    syntax: "CIPHERSUITE_LIST",
+    store: toService("ciphersuites"),
+    default: "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+    versionDefault: [
+      "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 (with TLSv1.3)",
+    ],
+    help: "permitted ciphersuites for TLS 1.3",
+  }),
+  define({
+    name: "client",
+    scope: "service",
+    status: "supported",
+    ...yesNo,
+    store: toService("client"),
+    default: "no",
+    help: "yes|no client mode (remote service uses TLS)",
+  }),
+  define({
+    name: "config",
+    scope: "service",
+    status: "later",
+    repeat: true,
+    ...text,
+    syntax: "COMMAND[:PARAMETER]",
+    store: appendTo("config"),
+    help: "command[:parameter] to execute",
+  }),
+  define({
+    name: "connect",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...address("connect"),
+    store: appendTo("connect"),
+    help: "[host:]port to connect",
+  }),
+  define({
+    name: "CRLpath",
+    scope: "service",
+    status: "later",
+    ...optionalPath,
+    syntax: "DIRECTORY",
+    store: toService("CRLpath"),
+    help: "CRL directory",
+  }),
+  define({
+    name: "CRLfile",
+    scope: "service",
+    status: "later",
+    ...optionalPath,
+    syntax: "FILE",
+    store: toService("CRLfile"),
+    help: "CRL file",
+  }),
+  define({
+    name: "curves",
+    scope: "service",
+    status: "supported",
+    ...text,
+    syntax: "CURVE_LIST",
+    store: toService("curves"),
+    default: "X25519:P-256:X448:P-521:P-384",
+    versionDefault: ["X25519:P-256:X448:P-521:P-384"],
+    help: "ECDH curve names",
+  }),
+  define({
+    name: "debug",
+    scope: "service",
+    status: "supported",
+    ...debug,
+    store(t, v: Debug) {
+      t.service.debugLevel = v.level;
+      if (t.inGlobalSection) t.global.debugLevel = v.level;
+      if (v.facility !== undefined) t.global.debugFacility = v.facility;
+    },
+    default: "daemon.notice",
+    versionDefault: ["daemon.notice"],
+    help: "[facility].level (e.g. daemon.info)",
+  }),
+  define({
+    name: "delay",
+    scope: "service",
+    status: "supported",
+    ...yesNo,
+    store: toService("delay"),
+    default: "no",
+    help: "yes|no delay DNS lookup for 'connect' option",
+  }),
+  define({
+    name: "engineId",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "ENGINE_ID",
+    store: toService("engineId"),
+    help: "ID of engine to read the key from",
+  }),
+  define({
+    name: "engineNum",
+    scope: "service",
+    status: "later",
+    ...integer("Illegal engine number", 1),
+    store: toService("engineNum"),
+    help: "number of engine to read the key from",
+  }),
+  define({
+    name: "exec",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "EXECUTABLE_PATH",
+    store: toService("exec"),
+    help: "file execute local inetd-type program",
+  }),
+  define({
+    name: "execArgs",
+    scope: "service",
+    status: "later",
+    syntax: "$0 $1 $2 ...",
+    parse: (raw) => raw.split(/\s+/).filter((arg) => arg !== ""),
+    store: toService("execArgs"),
+    help: "arguments for 'exec' (including $0)",
+  }),
+  define({
+    name: "failover",
+    scope: "service",
+    status: "supported",
+    ...enumOf<"rr" | "prio">(
+      { rr: "rr", prio: "prio" },
+      "The argument needs to be either 'rr' or 'prio'",
+    ),
+    store: toService("failover"),
+    default: "prio",
+    help: "rr|prio failover strategy",
+  }),
+  define({
+    name: "ident",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "USERNAME",
+    store: toService("ident"),
+    help: "username for IDENT (RFC 1413) checking",
+  }),
+  define({
+    name: "include",
+    scope: "service",
+    status: "supported",
+    ...text,
+    syntax: "DIRECTORY",
+    // The parser reads the directory itself, at the point of the line.
+    store: nowhere,
+    help: "directory with configuration file snippets",
+  }),
+  define({
+    name: "key",
+    scope: "service",
+    status: "supported",
+    ...readableFile,
+    store: toService("key"),
+    default: "the value of cert",
+    help: "certificate private key",
+  }),
+  define({
+    name: "libwrap",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("libwrap"),
+    default: "no",
+    help: "yes|no use /etc/hosts.allow and /etc/hosts.deny",
+  }),
+  define({
+    name: "local",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "HOST",
+    store: toService("local"),
+    help: "IP address to be used as source for remote connections",
+  }),
+  define({
+    name: "logId",
+    scope: "service",
+    status: "supported",
+    ...enumOf<ServiceOptions["logId"]>(
+      { sequential: "sequential", unique: "unique", thread: "thread", process: "process" },
+      "Invalid connection identifier type",
+    ),
+    store: toService("logId"),
+    default: "sequential",
+    versionDefault: ["sequential"],
+    help: "connection identifier type",
+  }),
+  define({
+    name: "OCSP",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "URL",
+    store: toService("OCSP"),
+    help: "OCSP responder URL",
+  }),
+  define({
+    name: "OCSPaia",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("OCSPaia"),
+    default: "no",
+    help: "yes|no check the AIA responders from certificates",
+  }),
+  define({
+    name: "OCSPflag",
+    scope: "service",
+    status: "later",
+    repeat: true,
+    ...ocspFlag,
+    store: appendTo("OCSPflag"),
+    help: "OCSP responder flags",
+  }),
+  define({
+    name: "OCSPnonce",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("OCSPnonce"),
+    default: "no",
+    help: "yes|no send and verify the OCSP nonce extension",
+  }),
+  define({
+    name: "options",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...sslOption,
+    store: appendTo("options"),
+    default: "NO_SSLv2, NO_SSLv3",
+    versionDefault: ["NO_SSLv2", "NO_SSLv3"],
+    help: "TLS option to set/reset",
+  }),
+  define({
+    name: "protocol",
+    scope: "service",
+    status: "later",
+    ...protocol,
+    store: toService("protocol"),
+    help: "protocol to negotiate before TLS initialization",
+    helpMore: [
+      "currently supported: cifs, connect, imap,",
+      "    nntp, pgsql, pop3, proxy, smtp, socks",
+    ],
+  }),
+  define({
+    name: "protocolAuthentication",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "AUTHENTICATION",
+    store: toService("protocolAuthentication"),
+    help: "authentication type for protocol negotiations",
+  }),
+  define({
+    name: "protocolDomain",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "DOMAIN",
+    store: toService("protocolDomain"),
+    help: "domain for protocol negotiations",
+  }),
+  define({
+    name: "protocolHeader",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "HEADER",
+    store: toService("protocolHeader"),
+    help: "custom header for protocol negotiations",
+  }),
+  define({
+    name: "protocolHost",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "HOST:PORT",
+    store: toService("protocolHost"),
+    help: "host:port for protocol negotiations",
+  }),
+  define({
+    name: "protocolPassword",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "PASSWORD",
+    store: toService("protocolPassword"),
+    help: "password for protocol negotiations",
+  }),
+  define({
+    name: "protocolUsername",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "USERNAME",
+    store: toService("protocolUsername"),
+    help: "username for protocol negotiations",
+  }),
+  define({
+    name: "PSKidentity",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "IDENTITY",
+    store: toService("PSKidentity"),
+    help: "identity for PSK authentication",
+  }),
+  define({
+    name: "PSKsecrets",
+    scope: "service",
+    status: "later",
+    ...text,
+    syntax: "FILE",
+    store: toService("PSKsecrets"),
+    help: "secrets for PSK authentication",
+  }),
+  define({
+    name: "pty",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("pty"),
+    default: "no",
+    help: "yes|no allocate pseudo terminal for 'exec' option",
+  }),
+  define({
+    name: "redirect",
+    scope: "service",
+    status: "later",
+    ...address("connect"),
+    store: toService("redirect"),
+    help: "[host:]port to redirect on authentication failures",
+  }),
+  define({
+    name: "renegotiation",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("renegotiation"),
+    default: "yes",
+    help: "yes|no support renegotiation",
+  }),
+  define({
+    name: "requireCert",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("requireCert"),
+    default: "no",
+    help: "yes|no require client certificate",
+  }),
+  define({
+    name: "reset",
+    scope: "service",
+    status: "supported",
+    ...yesNo,
+    store: toService("reset"),
+    default: "yes",
+    help: "yes|no send TCP RST on error",
+  }),
+  define({
+    name: "retry",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("retry"),
+    default: "no",
+    help: "yes|no retry connect+exec section",
+  }),
+  define({
+    name: "securityLevel",
+    scope: "service",
+    status: "supported",
+    ...integer("Illegal security level", 0, 5),
+    syntax: "0..5",
+    store: toService("securityLevel"),
+    default: "2",
+    versionDefault: ["2"],
+    help: "set the security level",
+  }),
+  define({
+    name: "service",
+    scope: "service",
+    status: "supported",
+    ...text,
+    syntax: "SERVICE",
+    // Only meaningful in the global section, as the manual says.
+    store(t, v: string) {
+      if (t.inGlobalSection) t.global.service = v;
+    },
+    default: "stunnel",
+    help: "service name",
+  }),
+  define({
+    name: "setgid",
+    scope: "service",
+    status: "supported",
+    ...account("GID"),
+    store: toServiceAndGlobal("setgid"),
+    help: "groupname for setgid()",
+  }),
+  define({
+    name: "setuid",
+    scope: "service",
+    status: "supported",
+    ...account("UID"),
+    store: toServiceAndGlobal("setuid"),
+    help: "username for setuid()",
+  }),
+  define({
+    name: "sessionCacheSize",
+    scope: "service",
+    status: "later",
+    ...integer("Illegal session cache size"),
+    store: toService("sessionCacheSize"),
+    default: "1000",
+    versionDefault: ["1000"],
+    help: "session cache size",
+  }),
+  define({
+    name: "sessionCacheTimeout",
+    aliases: ["session"],
+    scope: "service",
+    status: "later",
+    ...seconds("session cache"),
+    store: toService("sessionCacheTimeout"),
+    default: "300",
+    versionDefault: ["300 seconds"],
+    help: "session cache timeout (in seconds)",
+  }),
+  define({
+    name: "sessionResume",
+    scope: "service",
+    status: "supported",
+    ...yesNo,
+    store: toService("sessionResume"),
+    default: "yes",
+    help: "yes|no enable session resumption",
+  }),
+  define({
+    name: "sessiond",
+    scope: "service",
+    status: "later",
+    ...address("connect"),
+    syntax: "HOST:PORT",
+    store: toService("sessiond"),
+    help: "[host:]port use sessiond at host:port",
+  }),
+  define({
+    name: "sni",
+    scope: "service",
+    status: "supported",
+    repeat: true,
+    ...text,
+    syntax: "SERVER_NAME (client) | SERVICE:PATTERN (server)",
+    store: appendTo("sni"),
+    help: "primary_service:host_name for an SNI virtual service",
+    note: "Client mode only for now; the server-mode SERVICE:PATTERN form is not supported yet.",
+  }),
+  define({
+    name: "socket",
+    scope: "service",
+    status: "later",
+    repeat: true,
+    ...socketOption,
+    store: appendTo("socket"),
+    help: "a|l|r:option=value[:value]",
+    helpMore: ["set an option on accept/local/remote socket"],
+  }),
+  define({
+    name: "sslVersion",
+    scope: "service",
+    status: "supported",
+    ...tlsVersion,
+    store(t, v: string) {
+      t.service.sslVersionMin = v;
+      t.service.sslVersionMax = v;
+    },
+    help: "all|SSLv3|TLSv1|TLSv1.1|TLSv1.2|TLSv1.3 TLS version",
+  }),
+  define({
+    name: "sslVersionMax",
+    scope: "service",
+    status: "supported",
+    ...tlsVersion,
+    store: toService("sslVersionMax"),
+    default: "all",
+    help: "all|SSLv3|TLSv1|TLSv1.1|TLSv1.2|TLSv1.3 TLS version",
+  }),
+  define({
+    name: "sslVersionMin",
+    scope: "service",
+    status: "supported",
+    ...tlsVersion,
+    store: toService("sslVersionMin"),
+    default: "TLSv1",
+    help: "all|SSLv3|TLSv1|TLSv1.1|TLSv1.2|TLSv1.3 TLS version",
+  }),
+  define({
+    name: "stack",
+    scope: "service",
+    status: "supported",
+    ...integer("Illegal thread stack size"),
+    syntax: "BYTES",
+    store: toService("stack"),
+    default: "65536",
+    versionDefault: ["65536 bytes"],
+    help: "thread stack size (in bytes)",
+    note: NO_EFFECT,
+  }),
+  define({
+    name: "ticketKeySecret",
+    scope: "service",
+    status: "later",
+    ...ticketSecret("ticketKeySecret"),
+    store: toService("ticketKeySecret"),
+    help: "secret key for encryption/decryption TLSv1.3 tickets",
+  }),
+  define({
+    name: "ticketMacSecret",
+    scope: "service",
+    status: "later",
+    ...ticketSecret("ticketMacSecret"),
+    store: toService("ticketMacSecret"),
+    help: "key for HMAC operations on TLSv1.3 tickets",
+  }),
+  define({
+    name: "TIMEOUTbusy",
+    scope: "service",
+    status: "supported",
+    ...seconds("busy"),
+    store: toService("TIMEOUTbusy"),
+    default: "300",
+    versionDefault: ["300 seconds"],
+    help: "seconds to wait for expected data",
+  }),
+  define({
+    name: "TIMEOUTclose",
+    scope: "service",
+    status: "supported",
+    ...seconds("close"),
+    store: toService("TIMEOUTclose"),
+    default: "60",
+    versionDefault: ["60 seconds"],
+    help: "seconds to wait for close_notify",
+  }),
+  define({
+    name: "TIMEOUTconnect",
+    scope: "service",
+    status: "supported",
+    ...seconds("connect"),
+    store: toService("TIMEOUTconnect"),
+    default: "10",
+    versionDefault: ["10 seconds"],
+    help: "seconds to connect remote host",
+  }),
+  define({
+    name: "TIMEOUTidle",
+    scope: "service",
+    status: "supported",
+    ...seconds("idle"),
+    store: toService("TIMEOUTidle"),
+    default: "43200",
+    versionDefault: ["43200 seconds"],
+    help: "seconds to keep an idle connection",
+  }),
+  define({
+    name: "transparent",
+    scope: "service",
+    status: "later",
+    ...transparent,
+    store: toService("transparent"),
+    default: "none",
+    help: "none|source|destination|both transparent proxy mode",
+  }),
+  define({
+    name: "verify",
+    scope: "service",
+    status: "later",
+    ...integer("Bad verify level", 0, 4),
+    syntax: "0..4",
+    store: toService("verify"),
+    default: "none",
+    versionDefault: ["none"],
+    help: "level of peer certificate verification",
+  }),
+  define({
+    name: "verifyChain",
+    scope: "service",
+    status: "supported",
+    ...yesNo,
+    store: toService("verifyChain"),
+    default: "no",
+    help: "yes|no verify certificate chain",
+  }),
+  define({
+    name: "verifyPeer",
+    scope: "service",
+    status: "later",
+    ...yesNo,
+    store: toService("verifyPeer"),
+    default: "no",
+    help: "yes|no verify peer certificate",
+  }),
+];
+
+const BY_NAME: ReadonlyMap<string, OptionSpec> = new Map(
+  OPTIONS.flatMap((spec) =>
+    [spec.name, ...spec.aliases ?? []].map((name) => [name.toLowerCase(), spec] as const)
+  ),
+);
+
+/** Looks an option up the way stunnel does (strcasecmp), including undocumented aliases. */
+export function findOption(name: string): OptionSpec | undefined {
+  return BY_NAME.get(name.toLowerCase());
+}
+
+export function defaultGlobalOptions(): GlobalOptions {
+  return {
+    debugFacility: "daemon",
+    debugLevel: 5,
+    engineCtrl: [],
+    fips: false,
+    foreground: "no",
+    log: "append",
+    pid: "",
+    RNDbytes: 1024,
+    RNDoverwrite: true,
+    service: "stunnel",
+    syslog: true,
+    where: {},
+  };
+}
+
+export function defaultServiceOptions(name = ""): ServiceOptions {
+  return {
+    name,
+    checkEmail: [],
+    checkHost: [],
+    checkIP: [],
+    ciphers: "HIGH:!aNULL:!SSLv2:!DH:!kDHEPSK",
+    ciphersuites: "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+    client: false,
+    config: [],
+    connect: [],
+    curves: "X25519:P-256:X448:P-521:P-384",
+    debugLevel: 5,
+    delay: false,
+    failover: "prio",
+    libwrap: false,
+    logId: "sequential",
+    OCSPaia: false,
+    OCSPflag: [],
+    OCSPnonce: false,
+    options: [],
+    pty: false,
+    renegotiation: true,
+    requireCert: false,
+    reset: true,
+    retry: false,
+    securityLevel: 2,
+    sessionCacheSize: 1000,
+    sessionCacheTimeout: 300,
+    sessionResume: true,
+    sni: [],
+    socket: [],
+    sslVersionMin: "TLSv1",
+    stack: 65536,
+    TIMEOUTbusy: 300,
+    TIMEOUTclose: 60,
+    TIMEOUTconnect: 10,
+    TIMEOUTidle: 43200,
+    transparent: "none",
+    verifyChain: false,
+    verifyPeer: false,
+    where: {},
+  };
+}
