@@ -1,5 +1,6 @@
 /** stunnel.conf parser: text → Configuration, with stunnel's grammar and error messages. */
 
+import { osError } from "./oserror.ts";
 import { lookupTcpService } from "./address.ts";
 import {
   defaultGlobalOptions,
@@ -286,12 +287,6 @@ function cTrim(text: string): string {
 }
 
 /** strerror() text and errno of a Deno error ("No such file or directory (os error 2): ..."). */
-function osError(e: unknown): { text: string; errno: number } {
-  const message = e instanceof Error ? e.message : String(e);
-  const m = /^(.*?) \(os error (\d+)\)/.exec(message);
-  return m ? { text: m[1], errno: Number(m[2]) } : { text: message, errno: 0 };
-}
-
 function databaseHas(path: string, name: string): boolean {
   try {
     return Deno.readTextFileSync(path).split("\n").some((line) => line.split(":")[0] === name);

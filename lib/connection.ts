@@ -2,6 +2,7 @@
 import type { Logger } from "./log.ts";
 import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
+import { osErrorText } from "./oserror.ts";
 import { lingerZero } from "./reset.ts";
 import { TlsError } from "./tls.ts";
 
@@ -167,10 +168,8 @@ export class Connection {
       log(3, this.timedOut);
     } else if (e instanceof TlsError) {
       for (const line of e.logLines()) log(3, line);
-    } else if (e instanceof Error) {
-      log(3, e.message);
     } else {
-      log(3, String(e));
+      log(3, osErrorText(e));
     }
   }
 }

@@ -1,7 +1,9 @@
 /** The running daemon: services, their listeners and connections, signals and reloads. */
+import { formatAddress } from "./address.ts";
 import { Connection, formatPeer } from "./connection.ts";
 import { cstr, errnoText, lib } from "./ffi.ts";
 import { type Logger, LogSink } from "./log.ts";
+import { osErrorText } from "./oserror.ts";
 import { Service } from "./service.ts";
 import { TlsError } from "./tls.ts";
 import type { Configuration, GlobalOptions, LogId } from "./types.ts";
@@ -34,6 +36,8 @@ export class Daemon {
   private log: Logger;
   private services: Service[] = [];
   private readonly connections = new Set<Connection>();
+  /** Which service each listening socket accepts for. */
+  private readonly owners = new Map<Deno.Listener, Service>();
   private nextId = 0;
   private timer: ReturnType<typeof setInterval> | undefined;
   private stopping = false;
@@ -57,6 +61,8 @@ export class Daemon {
     this.services = createServices(this.config, log);
     log(5, "Configuration successful");
     await this.bindAll(this.services);
+    // The pid file path is inside the chroot jail, and written before privileges are dropped.
+    this.enterChroot(this.config.global);
     this.writePidFile();
     this.dropPrivileges(this.config.global);
     this.installSignals();
@@ -69,35 +75,55 @@ export class Daemon {
     return this.stopped;
   }
 
+  /**
+   * Binds every service that has no listener yet; on failure closes what it bound and throws
+   * (after logging). Accept loops start only when all of them are bound.
+   */
   private async bindAll(services: Service[]): Promise<void> {
+    const bound: Service[] = [];
     for (const service of services) {
       await service.prepare(this.log);
+      if (service.listener) continue;
       try {
         service.bind(this.log);
+        bound.push(service);
       } catch (e) {
-        const where = service.opts.accept ? JSON.stringify(service.opts.accept) : "";
-        this.log(3, `Error binding service [${service.name}] to ${where}: ${(e as Error).message}`);
-        for (const s of services) s.unbind(this.log);
+        const a = service.opts.accept;
+        const where = a ? formatAddress(a) : "";
+        this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
+        for (const s of bound) s.unbind(this.log);
         throw new StartError("Binding failed");
       }
     }
-    for (const service of services) void this.acceptLoop(service);
+    for (const service of services) this.owners.set(service.listener!, service);
+    for (const service of bound) void this.acceptLoop(service.listener!);
   }
 
-  private async acceptLoop(service: Service): Promise<void> {
-    const listener = service.listener!;
+  /** Accepts for whichever service owns the listener now (a reload may hand it over). */
+  private async acceptLoop(listener: Deno.Listener): Promise<void> {
     for (;;) {
       let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (e) {
-        if (service.listener !== listener || this.stopping) return;
-        this.log(3, `Service [${service.name}]: accept: ${(e as Error).message}`);
+        const owner = this.owners.get(listener);
+        if (!owner || this.stopping) return;
+        this.log(3, `Service [${owner.name}]: accept: ${(e as Error).message}`);
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }
-      this.handle(service, conn);
+      const owner = this.owners.get(listener);
+      if (!owner) {
+        conn.close();
+        return;
+      }
+      this.handle(owner, conn);
     }
+  }
+
+  private unbind(service: Service): void {
+    if (service.listener) this.owners.delete(service.listener);
+    service.unbind(this.log);
   }
 
   private connectionId(kind: LogId): string {
@@ -188,23 +214,40 @@ export class Daemon {
       for (const s of services) s.free();
       return;
     }
+    // A service whose accept address is unchanged keeps its listening socket: no gap in
+    // accepting, and no race with the kernel releasing the old socket.
     const old = this.services;
-    for (const s of old) s.unbind(log);
+    const adopted = new Map<Service, Service>();
+    for (const s of services) {
+      const same = old.find((o) =>
+        o.listener && o.opts.accept && s.opts.accept &&
+        formatAddress(o.opts.accept) === formatAddress(s.opts.accept) &&
+        ![...adopted.values()].includes(o)
+      );
+      if (same) adopted.set(s, same);
+    }
+    try {
+      await this.bindAll(services.filter((s) => !adopted.has(s)));
+    } catch {
+      log(3, "Failed to reload the configuration file; the old configuration stays in use");
+      for (const s of services) s.free();
+      sink.close();
+      return;
+    }
+    for (const [s, o] of adopted) {
+      s.listener = o.listener;
+      o.listener = undefined;
+      this.owners.set(s.listener!, s);
+      await s.prepare(log);
+    }
+    for (const o of old) this.unbind(o);
     this.sink.close();
     this.sink = sink;
     this.log = sink.bind("ui", next.global.debugLevel);
     this.config = next;
-    try {
-      await this.bindAll(services);
-    } catch {
-      this.log(3, "Reload failed while binding; restoring the previous services");
-      for (const s of services) s.free();
-      await this.bindAll(old).catch(() => this.log(3, "Previous services could not be bound"));
-      return;
-    }
     this.services = services;
     // Open connections keep their SSL objects, which hold their own reference to the context.
-    for (const s of old) s.free();
+    for (const o of old) o.free();
     this.log(5, "Configuration successful");
   }
 
@@ -212,7 +255,7 @@ export class Daemon {
     if (this.stopping) return;
     this.stopping = true;
     this.log(5, reason);
-    for (const s of this.services) s.unbind(this.log);
+    for (const s of this.services) this.unbind(s);
     for (const c of this.connections) c.abort();
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
     clearInterval(this.timer);
@@ -247,15 +290,19 @@ export class Daemon {
     }
   }
 
-  /** chroot, then setgid (clearing supplementary groups), then setuid, as stunnel does. */
+  private enterChroot(global: GlobalOptions): void {
+    if (!global.chroot) return;
+    const { libc } = lib();
+    if (libc.chroot(cstr(global.chroot)) !== 0 || libc.chdir(cstr("/")) !== 0) {
+      this.log(3, `chroot ${global.chroot}: ${errnoText()}`);
+      throw new StartError("chroot");
+    }
+    this.log(6, `Switched to chroot directory: ${global.chroot}`);
+  }
+
+  /** setgid (clearing supplementary groups), then setuid, as stunnel does. */
   private dropPrivileges(global: GlobalOptions): void {
     const { libc } = lib();
-    if (global.chroot) {
-      if (libc.chroot(cstr(global.chroot)) !== 0 || libc.chdir(cstr("/")) !== 0) {
-        this.log(3, `chroot ${global.chroot}: ${errnoText()}`);
-        throw new StartError("chroot");
-      }
-    }
     if (global.setgid) {
       const gid = lookupId(global.setgid, "group");
       if (

@@ -3,6 +3,7 @@ import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { formatAddress } from "./address.ts";
 import type { Logger } from "./log.ts";
+import { osErrorText } from "./oserror.ts";
 import { TlsContext } from "./tls.ts";
 import type { Address, ServiceOptions } from "./types.ts";
 
@@ -122,7 +123,7 @@ export class Service {
       } catch (e) {
         const reason = e instanceof DOMException && e.name === "TimeoutError"
           ? "TIMEOUTconnect exceeded"
-          : (e as Error).message;
+          : osErrorText(e);
         log(3, `s_connect: connect ${t.label}: ${reason}`);
       }
     }

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The two README commands.
+#
+#   ./dev.sh start [CONF]   run the proxy on CONF (default examples/stunnel.conf)
+#   ./dev.sh test [ARGS]    run the whole test suite (ARGS go to `deno test`, e.g. --filter x)
+#
+# Both first make sure the Deno pinned in package.json is installed under node_modules/.bin.
+# `test` also installs the programs the end-to-end tests drive (openssl, curl, stunnel4, socat)
+# when they are missing and we are root, and ends with a plain `N passed, N failed` line.
+# Environment: PROXY_CMD=stunnel4 runs the end-to-end tests against the reference stunnel.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DENO=node_modules/.bin/deno
+
+pinned_deno_version() {
+  sed -n 's/.*"deno"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' package.json | head -n 1
+}
+
+ensure_deno() {
+  local want have=""
+  want="$(pinned_deno_version)"
+  if [[ -x "$DENO" ]]; then
+    have="$("$DENO" --version 2>/dev/null | head -n 1 | awk '{print $2}')" || have=""
+  fi
+  if [[ -z "$have" || "$have" != "$want" ]]; then
+    echo "dev.sh: installing Deno ${want} (found: ${have:-none}) with npm" >&2
+    npm install --no-audit --no-fund >&2
+    have="$("$DENO" --version | head -n 1 | awk '{print $2}')"
+    if [[ "$have" != "$want" ]]; then
+      echo "dev.sh: expected Deno $want, got $have" >&2
+      exit 1
+    fi
+  fi
+}
+
+ensure_test_tools() {
+  local missing=() cmd
+  for cmd in openssl curl stunnel4 socat; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  if [[ "$(id -u)" != 0 ]]; then
+    echo "dev.sh: missing ${missing[*]}; not root, so not installing (tests needing them fail)" >&2
+    return 0
+  fi
+  # The Debian packages are named like the commands.
+  echo "dev.sh: installing ${missing[*]} with apt-get" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Throwaway certificates for examples/stunnel.conf: a CA and a localhost server certificate.
+ensure_example_certs() {
+  local d=examples/certs
+  [[ -f "$d/server.pem" && -f "$d/server.key" && -f "$d/ca.pem" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || { echo "dev.sh: openssl is needed to make $d" >&2; exit 1; }
+  echo "dev.sh: generating throwaway certificates in $d" >&2
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+    -subj "/CN=stunnel-deno example CA" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 365 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n') \
+    -out "$d/server.pem" 2>/dev/null
+  rm -f "$d/server.csr" "$d/ca.srl"
+  chmod 600 "$d/ca.key" "$d/server.key"
+}
+
+cmd_start() {
+  ensure_deno
+  if [[ -z "${1:-}" ]]; then ensure_example_certs; fi
+  exec "$DENO" run -A main.ts "${1:-examples/stunnel.conf}"
+}
+
+cmd_test() {
+  ensure_deno
+  ensure_test_tools
+  local out rc=0 summary passed failed ignored
+  out="$(mktemp "${TMPDIR:-/tmp}/dev-test.XXXXXX")"
+  # Outer bound in case the runner itself hangs; every test also has its own time limit.
+  timeout --kill-after=15 "${DEV_TEST_TIMEOUT:-1200}" \
+    "$DENO" test -A tests/ "$@" 2>&1 </dev/null | tee "$out" || rc=$? # pipefail: deno's status
+  # Deno's summary: "ok | 12 passed | 0 failed (3s)", "FAILED | 10 passed | 2 failed | 1 ignored ..."
+  summary="$(sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -E '^(ok|FAILED) \| [0-9]+ passed' | tail -n 1)" || true
+  rm -f "$out"
+  if [[ -z "$summary" ]]; then
+    # No summary: the runner failed before or while running tests (type error, timeout, crash).
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  passed="$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '^[0-9]+')"
+  failed="$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '^[0-9]+')"
+  ignored="$(grep -oE '[0-9]+ ignored' <<<"$summary" | grep -oE '^[0-9]+')" || ignored=0
+  if ((ignored > 0)); then
+    echo "${passed} passed, ${failed} failed, ${ignored} skipped"
+  else
+    echo "${passed} passed, ${failed} failed"
+  fi
+  if ((failed > 0)); then exit 1; fi
+  if ((rc != 0)); then exit "$rc"; fi
+}
+
+case "${1:-}" in
+  start)
+    shift
+    cmd_start "$@"
+    ;;
+  test)
+    shift
+    cmd_test "$@"
+    ;;
+  *)
+    echo "usage: $0 start [CONF] | $0 test [deno test args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,195 @@
+/**
+ * End-to-end: process lifecycle. SIGHUP reload with a connection open, SIGUSR1 log reopen,
+ * SIGTERM with a pid file, a bad configuration, and the informational command-line options.
+ *
+ * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_lifecycle_test.ts
+ */
+
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
+  assertNotMatch,
+  assertRejects,
+  decode,
+  e2e,
+  echoServer,
+  encode,
+  freePorts,
+  isListening,
+  makePki,
+  pollUntil,
+  readExactly,
+  runProxy,
+  startProxy,
+  tlsConnect,
+  waitForPort,
+  waitForPortClosed,
+  writeAll,
+} from "./helpers.ts";
+
+const HEADER = "foreground = yes\nsyslog = no\ndebug = debug\n";
+
+function service(name: string, accept: number, connect: number): string {
+  return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${connect}\n`;
+}
+
+async function certLines(): Promise<string> {
+  const pki = await makePki();
+  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
+}
+
+async function roundTrip(conn: Deno.Conn, message: string): Promise<void> {
+  await writeAll(conn, encode(message));
+  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
+}
+
+async function fileExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+e2e(
+  "SIGHUP reloads: open connection survives, new service added, removed one stops",
+  {},
+  async () => {
+    const pki = await makePki();
+    const echo = echoServer();
+    const [portA, portB, portC] = freePorts(3);
+    const globals = HEADER + "pid =\n" + await certLines();
+    const proxy = await startProxy(
+      globals + service("keep", portA, echo.port) + service("removed", portB, echo.port),
+    );
+    assert(!(await isListening(portC)));
+
+    const open = await tlsConnect(portA, pki.caPem);
+    await roundTrip(open, "before reload\n");
+
+    await proxy.writeConfig(
+      globals + service("keep", portA, echo.port) + service("added", portC, echo.port),
+    );
+    proxy.signal("SIGHUP");
+    await waitForPort(portC, 10_000);
+    await waitForPortClosed(portB, 10_000);
+
+    // The connection opened before the reload keeps working and completes normally.
+    await roundTrip(open, "after reload\n");
+    open.close();
+    await proxy.waitForLog(
+      /Connection closed: 27 byte\(s\) sent to TLS, 27 byte\(s\) sent to socket/,
+    );
+
+    // The added service accepts; the kept one still does; the removed one is gone.
+    const added = await tlsConnect(portC, pki.caPem);
+    await roundTrip(added, "new service\n");
+    added.close();
+    await proxy.waitForLog(/Service \[added\] accepted connection from 127\.0\.0\.1:/);
+    const kept = await tlsConnect(portA, pki.caPem);
+    await roundTrip(kept, "kept service\n");
+    kept.close();
+    await assertRejects(() => Deno.connect({ hostname: "127.0.0.1", port: portB }));
+    assert(proxy.process.running, "the proxy must still run after SIGHUP");
+  },
+);
+
+e2e("SIGUSR1 reopens the output file after it was renamed", {}, async (scope) => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const dir = await scope.tempDir("e2e-log-");
+  const logFile = `${dir}/proxy.log`;
+  const proxy = await startProxy(
+    HEADER + `pid =\noutput = ${logFile}\n` + await certLines() +
+      service("logged", port, echo.port),
+    { dir },
+  );
+  const first = await tlsConnect(port, pki.caPem);
+  await roundTrip(first, "first\n");
+  first.close();
+  await pollUntil(
+    async () => /Connection closed/.test(await Deno.readTextFile(logFile)),
+    10_000,
+    "the first connection in the log file",
+  );
+
+  await Deno.rename(logFile, `${logFile}.1`);
+  proxy.signal("SIGUSR1");
+  await pollUntil(() => fileExists(logFile), 10_000, "a new log file after SIGUSR1");
+
+  const second = await tlsConnect(port, pki.caPem);
+  const secondPort = (second.localAddr as Deno.NetAddr).port;
+  await roundTrip(second, "second\n");
+  second.close();
+  const accepted = new RegExp(
+    `Service \\[logged\\] accepted connection from 127\\.0\\.0\\.1:${secondPort}`,
+  );
+  await pollUntil(
+    async () => accepted.test(await Deno.readTextFile(logFile)),
+    10_000,
+    "the second connection in the new log file",
+  );
+  const old = await Deno.readTextFile(`${logFile}.1`);
+  assertMatch(old, /Connection closed/);
+  assertNotMatch(old, accepted);
+});
+
+e2e("SIGTERM: exit status 0 and the pid file is removed", {}, async (scope) => {
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const dir = await scope.tempDir("e2e-pid-");
+  const pidFile = `${dir}/proxy.pid`;
+  const proxy = await startProxy(
+    HEADER + `pid = ${pidFile}\n` + await certLines() + service("svc", port, echo.port),
+    { dir },
+  );
+  await pollUntil(() => fileExists(pidFile), 10_000, "the pid file");
+  assertEquals((await Deno.readTextFile(pidFile)).trim(), String(proxy.pid));
+  proxy.signal("SIGTERM");
+  const status = await proxy.process.wait(10_000);
+  assertEquals(status.code, 0);
+  assertEquals(status.signal, null);
+  assert(!(await fileExists(pidFile)), "pid file still present after SIGTERM");
+  assert(!(await isListening(port)), "port still listening after SIGTERM");
+});
+
+e2e("bad configuration: non-zero exit, 'Configuration failed', nothing listens", {}, async () => {
+  const echo = echoServer();
+  const [good, bad] = freePorts(2);
+  const proxy = await startProxy(
+    HEADER + "pid =\n" + await certLines() + service("good", good, echo.port) +
+      service("bad", bad, echo.port) + "noSuchOption = 1\n",
+    { allowFailure: true },
+  );
+  const status = await proxy.process.wait(10_000);
+  assertNotEquals(status.code, 0);
+  assertMatch(proxy.log(), /Configuration failed/);
+  assert(!proxy.ready);
+  assert(!(await isListening(good)), "the good service's port listens");
+  assert(!(await isListening(bad)), "the bad service's port listens");
+});
+
+e2e("-version prints the version banner to stderr and exits 0", {}, async () => {
+  const r = await runProxy(["-version"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMatch(r.stderr, /^stunnel 5\.68 on /m);
+  assertMatch(r.stderr, /Running\s+with OpenSSL 3\./);
+});
+
+e2e("-help lists the options and exits 0", {}, async () => {
+  const r = await runProxy(["-help"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMatch(r.stderr, /^Global options:$/m);
+  assertMatch(r.stderr, /^Service-level options:$/m);
+  assertMatch(r.stderr, /^accept\s+= \[host:\]port accept connections on specified host:port$/m);
+});
+
+e2e("an unknown option (-foo) exits non-zero", {}, async () => {
+  const r = await runProxy(["-foo"], 10_000);
+  assertNotEquals(r.code, 0);
+  assertMatch(r.stderr, /-foo/);
+});
