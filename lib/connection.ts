@@ -63,7 +63,10 @@ export class Connection {
       ok = true;
     } catch (e) {
       this.logFailure(e);
-      if (service.opts.reset) { for (const s of this.sockets) lingerZero(s); }
+      // A peer that reset the connection is gone: only failures of ours are worth an RST.
+      if (service.opts.reset && !(e instanceof Deno.errors.ConnectionReset)) {
+        for (const s of this.sockets) lingerZero(s);
+      }
     } finally {
       for (const s of this.streams) s.close();
       if (this.streams.length === 0) closeQuietly(this.local);

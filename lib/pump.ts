@@ -116,7 +116,15 @@ export class TlsStream implements Stream {
 
   /** Reads ciphertext from the socket into the engine; at EOF the engine sees EOF. */
   private async fill(): Promise<void> {
-    const data = await this.socket.read();
+    let data: Uint8Array<ArrayBuffer> | null;
+    try {
+      data = await this.socket.read();
+    } catch (e) {
+      // After our close_notify nothing more is owed in either direction: a reset instead of
+      // the peer's close_notify (openssl s_time, many browsers) loses nothing.
+      if (!(this.sentCloseNotify && e instanceof Deno.errors.ConnectionReset)) throw e;
+      data = null;
+    }
     if (data === null) {
       this.peerEnd ??= "eof";
       this.tls.feedEof();

@@ -1,76 +1,62 @@
 /**
- * `reset = yes`: a connection that fails is closed with a TCP RST (SO_LINGER 0) instead of a
- * FIN, so that the peer cannot take the failure for an orderly end of data.
+ * `reset = yes`: a connection that fails on our side is closed with a TCP RST (SO_LINGER 0)
+ * instead of a FIN, so that the peer cannot take the failure for an orderly end of data.
  *
- * Deno does not expose socket file descriptors, so the descriptor is found through /proc: the
- * socket's inode from /proc/net/tcp{,6} by its address pair, then the fd that links to it.
- * This runs only on the error path.
+ * Deno does not expose socket file descriptors, so the descriptor is found among this
+ * process's open sockets by its address pair (getsockname/getpeername). This runs only on the
+ * error path, and costs two system calls per open socket.
  */
 import { lib } from "./ffi.ts";
 
 const SOL_SOCKET = 1;
 const SO_LINGER = 13;
+const AF_INET = 2;
+const AF_INET6 = 10;
 
-/** /proc/net/tcp's address form: little-endian hex words, then the port in hex. */
-function procAddress(addr: Deno.NetAddr, v6: boolean): string {
-  const port = addr.port.toString(16).toUpperCase().padStart(4, "0");
-  if (!v6) {
-    const v4 = addr.hostname.split(".").map(Number).reverse();
-    return `${v4.map((b) => b.toString(16).toUpperCase().padStart(2, "0")).join("")}:${port}`;
-  }
-  const bytes = ipv6Bytes(addr.hostname);
-  let hex = "";
-  for (let word = 0; word < 4; word++) {
-    for (let i = 3; i >= 0; i--) {
-      hex += bytes[word * 4 + i].toString(16).toUpperCase().padStart(2, "0");
-    }
-  }
-  return `${hex}:${port}`;
-}
-
-function ipv6Bytes(host: string): number[] {
-  const v4mapped = host.match(/^(.*:)(\d+\.\d+\.\d+\.\d+)$/);
-  let text = host;
-  const tail: number[] = [];
-  if (v4mapped) {
-    text = `${v4mapped[1]}0:0`;
-    tail.push(...v4mapped[2].split(".").map(Number));
-  }
-  const [head, rest = ""] = text.split("::");
-  const left = head ? head.split(":") : [];
-  const right = rest ? rest.split(":") : [];
-  const words = text.includes("::")
-    ? [...left, ...Array(8 - left.length - right.length).fill("0"), ...right]
-    : left;
-  const bytes = words.flatMap((w) => {
-    const n = parseInt(w || "0", 16);
-    return [n >> 8, n & 0xff];
-  });
-  if (tail.length) bytes.splice(12, 4, ...tail);
-  return bytes;
-}
-
-function socketInode(conn: Deno.Conn): string | undefined {
-  const local = conn.localAddr as Deno.NetAddr;
-  const remote = conn.remoteAddr as Deno.NetAddr;
-  const v6 = local.hostname.includes(":");
-  const key = `${procAddress(local, v6)} ${procAddress(remote, v6)}`;
-  const table = Deno.readTextFileSync(v6 ? "/proc/net/tcp6" : "/proc/net/tcp");
-  for (const line of table.split("\n")) {
-    const f = line.trim().split(/\s+/);
-    if (`${f[1]} ${f[2]}` === key) return f[9];
+/** The port and the address bytes of a sockaddr, as "port/byte.byte...". */
+function sockaddrKey(buf: Uint8Array): string | undefined {
+  const view = new DataView(buf.buffer);
+  const family = view.getUint16(0, true);
+  const port = view.getUint16(2, false);
+  if (family === AF_INET) return `${port}/${buf.subarray(4, 8).join(".")}`;
+  if (family === AF_INET6) {
+    const addr = buf.subarray(8, 24);
+    // An IPv4-mapped address is the same peer as its IPv4 form.
+    const mapped = addr.subarray(0, 10).every((b) => b === 0) && addr[10] === 0xff &&
+      addr[11] === 0xff;
+    return `${port}/${mapped ? addr.subarray(12).join(".") : addr.join(".")}`;
   }
   return undefined;
 }
 
-function socketFd(inode: string): number | undefined {
-  const target = `socket:[${inode}]`;
+function netAddrKey(addr: Deno.NetAddr): string {
+  const host = addr.hostname.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
+  if (!host.includes(":")) return `${addr.port}/${host}`;
+  const [head, tail = ""] = host.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const words = host.includes("::")
+    ? [...left, ...Array(8 - left.length - right.length).fill("0"), ...right]
+    : left;
+  return `${addr.port}/${
+    words.flatMap((w) => [parseInt(w, 16) >> 8, parseInt(w, 16) & 255])
+      .join(".")
+  }`;
+}
+
+function findSocketFd(conn: Deno.Conn): number | undefined {
+  const { libc } = lib();
+  const local = netAddrKey(conn.localAddr as Deno.NetAddr);
+  const remote = netAddrKey(conn.remoteAddr as Deno.NetAddr);
+  const buf = new Uint8Array(128);
+  const len = new Uint32Array(1);
+  const lenBytes = new Uint8Array(len.buffer);
   for (const entry of Deno.readDirSync("/proc/self/fd")) {
-    try {
-      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`) === target) return Number(entry.name);
-    } catch {
-      // closed while we looked
-    }
+    const fd = Number(entry.name);
+    len[0] = buf.length;
+    if (libc.getsockname(fd, buf, lenBytes) !== 0 || sockaddrKey(buf) !== local) continue;
+    len[0] = buf.length;
+    if (libc.getpeername(fd, buf, lenBytes) === 0 && sockaddrKey(buf) === remote) return fd;
   }
   return undefined;
 }
@@ -79,8 +65,7 @@ function socketFd(inode: string): number | undefined {
 export function lingerZero(conn: Deno.Conn): boolean {
   if (conn.localAddr.transport !== "tcp") return false;
   try {
-    const inode = socketInode(conn);
-    const fd = inode === undefined ? undefined : socketFd(inode);
+    const fd = findSocketFd(conn);
     if (fd === undefined) return false;
     const linger = new Int32Array([1, 0]);
     return lib().libc.setsockopt(
