@@ -2,13 +2,15 @@
  * Public API: run the proxy from a stunnel.conf, or embed a Daemon with a Configuration.
  */
 import { ConfigError, loadConfig } from "./lib/config.ts";
-import { Daemon, StartError } from "./lib/daemon.ts";
+import { newRuntime, StartError } from "./lib/daemon.ts";
 import { lib, opensslVersion } from "./lib/ffi.ts";
 import { early, LogSink } from "./lib/log.ts";
+import { Supervisor } from "./lib/supervisor.ts";
 import type { Configuration } from "./lib/types.ts";
 
 export { ConfigError, loadConfig } from "./lib/config.ts";
 export { Daemon, StartError } from "./lib/daemon.ts";
+export { Supervisor } from "./lib/supervisor.ts";
 export { LogSink } from "./lib/log.ts";
 export type * from "./lib/types.ts";
 
@@ -19,6 +21,8 @@ export const VERSION = "0.1.0";
 /** Set in the environment of the detached child that `foreground = no` starts. */
 const DETACHED_ENV = "STUNNEL_DENO_DETACHED";
 const READY = "ready\n";
+/** The number of threads that serve connections (default: one per core). */
+const THREADS_ENV = "STUNNEL_THREADS";
 
 export function versionLines(): string[] {
   const openssl = opensslVersion().replace(/^OpenSSL /, "");
@@ -68,9 +72,16 @@ export async function run(source: ConfigSource): Promise<number> {
   const ui = sink.bind("ui", config.global.debugLevel);
   for (const line of versionLines()) ui(5, line);
   ui(5, `Reading configuration from file ${config.source}`);
-  const daemon = new Daemon(config, () => load(source), sink);
+  const threads = threadCount(config);
+  const supervisor = new Supervisor(
+    config,
+    () => load(source),
+    sink,
+    newRuntime(threads > 1),
+    threads,
+  );
   try {
-    await daemon.start();
+    await supervisor.start();
   } catch (e) {
     if (!(e instanceof StartError)) ui(3, (e as Error).message);
     ui(3, "Configuration failed");
@@ -82,8 +93,29 @@ export async function run(source: ConfigSource): Promise<number> {
     sink.toStderr = false;
     await Deno.stdout.write(new TextEncoder().encode(READY));
   }
-  await daemon.wait();
+  await supervisor.wait();
   return 0;
+}
+
+/**
+ * One thread per core (STUNNEL_THREADS overrides), each with its own listening socket per
+ * service (SO_REUSEPORT), where every accept address allows it: a fixed TCP port.
+ */
+function threadCount(config: Configuration): number {
+  const wanted = Number(Deno.env.get(THREADS_ENV) ?? navigator.hardwareConcurrency ?? 1);
+  if (!(wanted > 1)) return 1;
+  const shareable = config.services.every((s) => s.accept?.kind === "tcp" && s.accept.port !== 0);
+  return shareable && reusePortWorks() ? Math.min(Math.floor(wanted), 64) : 1;
+}
+
+/** SO_REUSEPORT needs Deno's `net` unstable feature (deno.json); without it, one thread. */
+function reusePortWorks(): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true }).close();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -175,6 +175,7 @@ export const SSL_ERROR_ZERO_RETURN = 6;
 export const SSL_SENT_SHUTDOWN = 1;
 export const SSL_RECEIVED_SHUTDOWN = 2;
 export const SSL_CTRL_SET_TLSEXT_HOSTNAME = 55;
+export const SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59;
 export const SSL_CTRL_SET_SESS_CACHE_SIZE = 42;
 export const SSL_CTRL_SET_SESS_CACHE_MODE = 44;
 export const SSL_CTRL_MODE = 33;

@@ -38,9 +38,9 @@ export class Service {
     this.delay = opts.delay;
   }
 
-  static create(opts: ServiceOptions, log: Logger): Service {
+  static create(opts: ServiceOptions, log: Logger, ticketKeys?: Uint8Array): Service {
     log(6, `Initializing service [${opts.name}]`);
-    return new Service(opts, TlsContext.create(opts, log));
+    return new Service(opts, TlsContext.create(opts, log, ticketKeys));
   }
 
   /** Resolves connect targets now, unless delayed; a failure switches to the delayed resolver. */
@@ -62,7 +62,7 @@ export class Service {
     return first.host;
   }
 
-  bind(log: Logger): Deno.Listener {
+  bind(log: Logger, reusePort: boolean): Deno.Listener {
     const a = this.opts.accept!;
     if (a.kind === "unix") {
       try {
@@ -72,7 +72,7 @@ export class Service {
       }
       this.listener = Deno.listen({ transport: "unix", path: a.path });
     } else {
-      this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port });
+      this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port, reusePort });
     }
     const bound = this.listener.addr;
     const where = bound.transport === "unix" ? (bound as Deno.UnixAddr).path : formatAddress({

@@ -20,6 +20,7 @@ import {
   SSL_CTRL_SET_SESS_CACHE_MODE,
   SSL_CTRL_SET_SESS_CACHE_SIZE,
   SSL_CTRL_SET_TLSEXT_HOSTNAME,
+  SSL_CTRL_SET_TLSEXT_TICKET_KEYS,
   SSL_ERROR_SSL,
   SSL_ERROR_SYSCALL,
   SSL_ERROR_WANT_READ,
@@ -98,7 +99,8 @@ export class TlsContext {
 
   private constructor(readonly ctx: Ptr, readonly opts: ContextOptions) {}
 
-  static create(opts: ContextOptions, log: TlsContextLog): TlsContext {
+  /** `ticketKeys` (80 bytes) are shared by the contexts of all threads of a service. */
+  static create(opts: ContextOptions, log: TlsContextLog, ticketKeys?: Uint8Array): TlsContext {
     const { ssl } = lib();
     const method = opts.client ? ssl.TLS_client_method() : ssl.TLS_server_method();
     const ctx = ssl.SSL_CTX_new(method);
@@ -106,6 +108,7 @@ export class TlsContext {
     const context = new TlsContext(ctx, opts);
     try {
       context.configure(log);
+      if (ticketKeys && !opts.client && opts.sessionResume) context.setTicketKeys(ticketKeys);
     } catch (e) {
       context.free();
       throw e;
@@ -144,6 +147,15 @@ export class TlsContext {
       "SSL_CTX_set1_groups_list",
     );
     log(7, `ECDH initialized with curves ${opts.curves}`);
+  }
+
+  private setTicketKeys(keys: Uint8Array): void {
+    const copy = new Uint8Array(keys);
+    check(
+      Number(lib().ssl.SSL_CTX_ctrl_str(this.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, copy)) ===
+        1,
+      "SSL_CTX_set_tlsext_ticket_keys",
+    );
   }
 
   private applyOptions(log: TlsContextLog): void {

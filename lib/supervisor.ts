@@ -1,0 +1,245 @@
+/**
+ * The process: the main thread's Daemon plus one Daemon per worker thread (each with its own
+ * listening sockets on the same addresses), signals, the pid file, chroot and privileges.
+ */
+import { Daemon, type Runtime, StartError } from "./daemon.ts";
+import { cstr, errnoText, lib } from "./ffi.ts";
+import { type Logger, LogSink } from "./log.ts";
+import { osErrorText } from "./oserror.ts";
+import type { Configuration, GlobalOptions } from "./types.ts";
+import type { ToWorker, WorkerReply } from "./worker.ts";
+
+/** Loads the configuration again on SIGHUP (from the same source). */
+export type ConfigLoader = () => Promise<Configuration>;
+
+/** The log sink of a worker thread: the same destinations, never truncating the file. */
+export function workerSink(global: GlobalOptions, toStderr: boolean): LogSink {
+  return new LogSink({ ...global, log: "append" }, toStderr);
+}
+
+export class Supervisor {
+  private readonly daemon: Daemon;
+  private readonly workers: Worker[] = [];
+  /** Answers awaited from the workers, by request id. */
+  private readonly pending = new Map<number, (reply: WorkerReply) => void>();
+  private nextRequest = 0;
+  private log: Logger;
+  private stopping = false;
+  private readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+  private readonly signalHandlers: [Deno.Signal, () => void][] = [];
+  private markStarted!: () => void;
+  private readonly started = new Promise<void>((resolve) => this.markStarted = resolve);
+
+  constructor(
+    private config: Configuration,
+    private readonly reloadConfig: ConfigLoader,
+    private sink: LogSink,
+    private readonly runtime: Runtime,
+    private readonly threads: number,
+  ) {
+    this.log = sink.bind("ui", config.global.debugLevel);
+    this.daemon = new Daemon(config, sink, runtime);
+    this.stopped = new Promise((resolve) => this.resolveStopped = resolve);
+  }
+
+  /** Binds everything, then chroot, pid file and privileges; throws StartError when logged. */
+  async start(): Promise<void> {
+    // Signals are ours from the first moment the ports listen; they wait for start-up to end.
+    this.installSignals();
+    await this.daemon.start();
+    for (let i = 1; i < this.threads; i++) await this.startWorker();
+    if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
+    // The pid file path is inside the chroot jail, and written before privileges are dropped.
+    this.enterChroot(this.config.global);
+    this.writePidFile();
+    this.dropPrivileges(this.config.global);
+    this.log(6, "Accepting new connections");
+    this.markStarted();
+  }
+
+  /** Resolves when a signal has stopped the process. */
+  wait(): Promise<void> {
+    return this.stopped;
+  }
+
+  private async startWorker(): Promise<void> {
+    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    worker.onmessage = (e: MessageEvent<WorkerReply>) => this.pending.get(e.data.id)?.(e.data);
+    worker.onerror = (e) => {
+      e.preventDefault();
+      this.log(3, `Worker thread failed: ${e.message}`);
+    };
+    this.workers.push(worker);
+    const reply = await this.ask(worker, {
+      type: "start",
+      config: this.config,
+      runtime: { ...this.runtime, worker: true },
+      toStderr: this.sink.toStderr,
+    });
+    if (!reply.ok) {
+      await this.broadcast({ type: "stop" });
+      for (const w of this.workers) w.terminate();
+      throw new StartError("worker thread");
+    }
+  }
+
+  private ask(worker: Worker, message: ToWorker, timeoutMs = 30_000): Promise<WorkerReply> {
+    const id = this.nextRequest++;
+    return new Promise((resolve) => {
+      const done = (reply: WorkerReply) => {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        resolve(reply);
+      };
+      const timer = setTimeout(() => done({ id, ok: false }), timeoutMs);
+      this.pending.set(id, done);
+      worker.postMessage({ ...message, id });
+    });
+  }
+
+  private async broadcast(message: ToWorker): Promise<boolean> {
+    const replies = await Promise.all(this.workers.map((w) => this.ask(w, message)));
+    return replies.every((r) => r.ok);
+  }
+
+  private installSignals(): void {
+    const on = (signal: Deno.Signal, handler: () => void) => {
+      const deferred = () => void this.started.then(handler);
+      Deno.addSignalListener(signal, deferred);
+      this.signalHandlers.push([signal, deferred]);
+    };
+    on("SIGHUP", () => void this.reload());
+    on("SIGUSR1", () => {
+      this.daemon.reopenLog();
+      void this.broadcast({ type: "reopen" });
+    });
+    on("SIGUSR2", () => {
+      this.daemon.listConnections();
+      void this.broadcast({ type: "list" });
+    });
+    for (const signal of ["SIGTERM", "SIGINT", "SIGQUIT"] as const) {
+      on(signal, () => void this.stop("Terminated"));
+    }
+  }
+
+  /** SIGHUP: the new configuration replaces the old one only if all of it works. */
+  async reload(): Promise<void> {
+    this.log(5, "Reloading configuration");
+    const keep = "Failed to reload the configuration file; the old configuration stays in use";
+    let next: Configuration;
+    try {
+      next = await this.reloadConfig();
+    } catch (e) {
+      const lines = (e as { lines?: readonly string[] }).lines ?? [(e as Error).message];
+      for (const line of lines) this.log(3, line);
+      this.log(3, keep);
+      return;
+    }
+    // Options that are not reloaded, as in stunnel.
+    const global = { ...next.global };
+    for (const name of ["chroot", "foreground", "pid", "setgid", "setuid"] as const) {
+      (global as Record<string, unknown>)[name] = this.config.global[name];
+    }
+    next = { ...next, global };
+    const sink = new LogSink(global, this.sink.toStderr);
+    try {
+      sink.open();
+    } catch (e) {
+      this.log(3, `Cannot open log file ${global.output}: ${osErrorText(e)}`);
+      this.log(3, keep);
+      return;
+    }
+    if (!await this.daemon.apply(next, sink)) {
+      sink.close();
+      this.log(3, keep);
+      return;
+    }
+    this.sink = sink;
+    this.log = sink.bind("ui", global.debugLevel);
+    this.config = next;
+    if (!await this.broadcast({ type: "reload", config: next })) {
+      this.log(3, "A worker thread kept its old configuration; see its messages above");
+    }
+  }
+
+  async stop(reason: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
+    await this.broadcast({ type: "stop" });
+    for (const w of this.workers) w.terminate();
+    this.removePidFile();
+    this.daemon.stop(reason);
+    this.resolveStopped();
+  }
+
+  private writePidFile(): void {
+    const { pid } = this.config.global;
+    if (!pid) {
+      this.log(7, "No pid file being created");
+      return;
+    }
+    this.log(7, `Creating pid file ${pid}`);
+    try {
+      Deno.writeTextFileSync(pid, `${Deno.pid}\n`);
+    } catch (e) {
+      this.log(3, `Cannot create pid file ${pid}: ${osErrorText(e)}`);
+      throw new StartError("pid file");
+    }
+  }
+
+  private removePidFile(): void {
+    const { pid } = this.config.global;
+    if (!pid) return;
+    try {
+      Deno.removeSync(pid);
+    } catch (e) {
+      this.log(3, `Cannot remove pid file ${pid}: ${osErrorText(e)}`);
+    }
+  }
+
+  private enterChroot(global: GlobalOptions): void {
+    if (!global.chroot) return;
+    const { libc } = lib();
+    if (libc.chroot(cstr(global.chroot)) !== 0 || libc.chdir(cstr("/")) !== 0) {
+      this.log(3, `chroot ${global.chroot}: ${errnoText()}`);
+      throw new StartError("chroot");
+    }
+    this.log(6, `Switched to chroot directory: ${global.chroot}`);
+  }
+
+  /** setgid (clearing supplementary groups), then setuid, as stunnel does; for all threads. */
+  private dropPrivileges(global: GlobalOptions): void {
+    const { libc } = lib();
+    if (global.setgid) {
+      const gid = lookupId(global.setgid, "group");
+      if (
+        gid === undefined || libc.setgroups(0n, new Uint8Array(0)) !== 0 ||
+        libc.setgid(gid) !== 0
+      ) {
+        const why = gid === undefined ? "unknown group" : errnoText();
+        this.log(3, `setgid ${global.setgid}: ${why}`);
+        throw new StartError("setgid");
+      }
+    }
+    if (global.setuid) {
+      const uid = lookupId(global.setuid, "user");
+      if (uid === undefined || libc.setuid(uid) !== 0) {
+        this.log(3, `setuid ${global.setuid}: ${uid === undefined ? "unknown user" : errnoText()}`);
+        throw new StartError("setuid");
+      }
+    }
+  }
+}
+
+/** A numeric id, or the id of a user/group name (getpwnam/getgrnam). */
+function lookupId(name: string, kind: "user" | "group"): number | undefined {
+  if (/^\d+$/.test(name)) return Number(name);
+  const { libc } = lib();
+  const entry = kind === "user" ? libc.getpwnam(cstr(name)) : libc.getgrnam(cstr(name));
+  if (entry === null) return undefined;
+  // struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; ... } and
+  // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ... }: the id is at offset 16.
+  return new Deno.UnsafePointerView(entry).getUint32(16);
+}
