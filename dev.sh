@@ -4,17 +4,19 @@
 #   ./dev.sh start [CONF]   run the proxy on CONF (default examples/stunnel.conf)
 #   ./dev.sh test [ARGS]    run the whole test suite (ARGS go to `deno test`, e.g. --filter x)
 #
-# Both first make sure the Deno pinned in package.json is installed under node_modules/.bin.
+# Both first make sure the Deno pinned in tools/deno/package.json is installed (with npm).
 # `test` also installs the programs the end-to-end tests drive (openssl, curl, stunnel4, socat)
 # when they are missing and we are root, and ends with a plain `N passed, N failed` line.
 # Environment: PROXY_CMD=stunnel4 runs the end-to-end tests against the reference stunnel.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DENO=node_modules/.bin/deno
+# The pinned Deno lives in its own npm project, so that Deno does not take the root for one.
+DENO_DIR_PIN=tools/deno
+DENO=$DENO_DIR_PIN/node_modules/.bin/deno
 
 pinned_deno_version() {
-  sed -n 's/.*"deno"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' package.json | head -n 1
+  sed -n 's/.*"deno"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$DENO_DIR_PIN/package.json" | head -n 1
 }
 
 ensure_deno() {
@@ -25,7 +27,7 @@ ensure_deno() {
   fi
   if [[ -z "$have" || "$have" != "$want" ]]; then
     echo "dev.sh: installing Deno ${want} (found: ${have:-none}) with npm" >&2
-    npm install --no-audit --no-fund >&2
+    npm install --prefix "$DENO_DIR_PIN" --no-audit --no-fund >&2
     have="$("$DENO" --version | head -n 1 | awk '{print $2}')"
     if [[ "$have" != "$want" ]]; then
       echo "dev.sh: expected Deno $want, got $have" >&2
