@@ -3,7 +3,7 @@
  */
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { newRuntime, StartError } from "./lib/daemon.ts";
-import { lib, opensslVersion } from "./lib/ffi.ts";
+import { cstr, lib, O_RDWR, opensslVersion } from "./lib/ffi.ts";
 import { early, LogSink } from "./lib/log.ts";
 import { Supervisor } from "./lib/supervisor.ts";
 import type { Configuration } from "./lib/types.ts";
@@ -61,7 +61,11 @@ export async function run(source: ConfigSource): Promise<number> {
     return 1;
   }
   if (detached) lib().libc.setsid();
-  const sink = new LogSink(config.global, config.global.foreground === "yes" || detached);
+  // A detached daemon shows its launcher only the errors of its start-up, as stunnel does.
+  const sink = new LogSink(
+    config.global,
+    config.global.foreground === "yes" ? 7 : detached ? 3 : -1,
+  );
   try {
     sink.open();
   } catch (e) {
@@ -89,9 +93,10 @@ export async function run(source: ConfigSource): Promise<number> {
     return 1;
   }
   if (detached) {
-    // The parent exits once it reads this; from now on nothing goes to its pipes.
-    sink.toStderr = false;
+    // The launcher exits once it reads this; the daemon then lets go of its pipes.
     await Deno.stdout.write(new TextEncoder().encode(READY));
+    sink.stderrLevel = -1;
+    detachStdio();
   }
   await supervisor.wait();
   return 0;
@@ -144,6 +149,16 @@ async function detach(): Promise<number> {
   reader.releaseLock();
   child.unref();
   return 0;
+}
+
+/** Points stdout and stderr at /dev/null, so that no write can fail on a closed pipe. */
+function detachStdio(): void {
+  const { libc } = lib();
+  const fd = libc.open(cstr("/dev/null"), O_RDWR);
+  if (fd < 0) return;
+  libc.dup2(fd, 1);
+  libc.dup2(fd, 2);
+  if (fd > 2) libc.close(fd);
 }
 
 /** The runtime arguments this process was started with (`run -A main.ts`, or none if compiled). */

@@ -22,6 +22,14 @@ export class Connection {
   busy = false;
   private toTls = 0;
   private toSocket = 0;
+
+  get bytesToTls(): number {
+    return this.toTls;
+  }
+
+  get bytesToSocket(): number {
+    return this.toSocket;
+  }
   private streams: Stream[] = [];
   /** Every socket of this connection, for `reset = yes`. */
   private sockets: Deno.Conn[] = [];

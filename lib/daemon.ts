@@ -3,7 +3,7 @@
  * (signals, pid file, privileges, worker threads) is the Supervisor's.
  */
 import { formatAddress } from "./address.ts";
-import { Connection, formatPeer } from "./connection.ts";
+import { Connection } from "./connection.ts";
 import { type Logger, LogSink } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
 import { Service } from "./service.ts";
@@ -49,6 +49,14 @@ function createServices(config: Configuration, log: Logger, runtime: Runtime): S
     }
   }
   return services;
+}
+
+const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/** 22 random letters and digits (about 131 bits), the length of stunnel's unique ids. */
+function uniqueId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(22));
+  return Array.from(bytes, (b) => ID_CHARS[b % ID_CHARS.length]).join("");
 }
 
 export class Daemon {
@@ -137,7 +145,7 @@ export class Daemon {
       case "sequential":
         return String(Atomics.add(this.runtime.ids, 0, 1));
       case "unique":
-        return crypto.randomUUID().replaceAll("-", "").slice(0, 20);
+        return uniqueId();
       case "thread":
       case "process":
         return String(Deno.pid);
@@ -169,11 +177,12 @@ export class Daemon {
     }
   }
 
-  listConnections(): void {
-    this.log(5, `Active connections: ${this.connections.size}`);
-    for (const c of this.connections) {
-      this.log(5, `Service [${c.service.name}]: ${formatPeer(c.local.remoteAddr)}`);
-    }
+  /** One line per open connection, as stunnel lists them on SIGUSR2. */
+  connectionSummaries(): string[] {
+    return [...this.connections].map((c) =>
+      `Service [${c.service.name}], ${c.bytesToTls} byte(s) sent to TLS, ` +
+      `${c.bytesToSocket} byte(s) sent to socket`
+    );
   }
 
   /**

@@ -119,6 +119,9 @@ const libcSymbols = {
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -192,6 +195,7 @@ export const SSL_SESS_CACHE_SERVER = 2;
 export const BIO_CTRL_PENDING = 10;
 export const BIO_C_SET_BUF_MEM_EOF_RETURN = 130;
 export const TLSEXT_NAMETYPE_host_name = 0;
+export const O_RDWR = 2;
 export const SSL_VERIFY_NONE = 0;
 export const SSL_VERIFY_PEER = 1;
 export const SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 2;

@@ -57,7 +57,8 @@ export class LogSink {
   private stampSecond = -1;
   private stamp = "";
 
-  constructor(private readonly global: GlobalOptions, public toStderr: boolean) {}
+  /** Lines up to `stderrLevel` also go to stderr (-1: none; `foreground = yes`: all). */
+  constructor(private readonly global: GlobalOptions, public stderrLevel: number) {}
 
   /** Opens the output file and syslog; throws with the reason if the file cannot be opened. */
   open(): void {
@@ -115,10 +116,11 @@ export class LogSink {
       const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
       lib().libc.syslog(facility | level, cstr("%s"), cstr(body));
     }
-    if (!this.file && !this.toStderr) return;
+    const toStderr = level <= this.stderrLevel;
+    if (!this.file && !toStderr) return;
     const line = encoder.encode(`${this.timestamp()} ${body}\n`);
     if (this.file) writeAllSync(this.file, line);
-    if (this.toStderr) writeAllSync(Deno.stderr, line);
+    if (toStderr) writeAllSync(Deno.stderr, line);
   }
 
   /** A logger for one id that drops messages above `threshold`. */

@@ -13,8 +13,8 @@ import type { ToWorker, WorkerReply } from "./worker.ts";
 export type ConfigLoader = () => Promise<Configuration>;
 
 /** The log sink of a worker thread: the same destinations, never truncating the file. */
-export function workerSink(global: GlobalOptions, toStderr: boolean): LogSink {
-  return new LogSink({ ...global, log: "append" }, toStderr);
+export function workerSink(global: GlobalOptions, stderrLevel: number): LogSink {
+  return new LogSink({ ...global, log: "append" }, stderrLevel);
 }
 
 export class Supervisor {
@@ -47,13 +47,15 @@ export class Supervisor {
   async start(): Promise<void> {
     // Signals are ours from the first moment the ports listen; they wait for start-up to end.
     this.installSignals();
+    // Names are looked up before chroot: the jail need not have /etc/passwd and /etc/group.
+    const ids = this.lookupIds(this.config.global);
     await this.daemon.start();
     for (let i = 1; i < this.threads; i++) await this.startWorker();
     if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
     // The pid file path is inside the chroot jail, and written before privileges are dropped.
     this.enterChroot(this.config.global);
     this.writePidFile();
-    this.dropPrivileges(this.config.global);
+    this.dropPrivileges(ids);
     this.log(6, "Accepting new connections");
     this.markStarted();
   }
@@ -75,7 +77,7 @@ export class Supervisor {
       type: "start",
       config: this.config,
       runtime: { ...this.runtime, worker: true },
-      toStderr: this.sink.toStderr,
+      stderrLevel: this.config.global.foreground === "yes" ? 7 : -1,
     });
     if (!reply.ok) {
       await this.broadcast({ type: "stop" });
@@ -114,26 +116,36 @@ export class Supervisor {
       this.daemon.reopenLog();
       void this.broadcast({ type: "reopen" });
     });
-    on("SIGUSR2", () => {
-      this.daemon.listConnections();
-      void this.broadcast({ type: "list" });
-    });
+    on("SIGUSR2", () => void this.listConnections());
     for (const signal of ["SIGTERM", "SIGINT", "SIGQUIT"] as const) {
       on(signal, () => void this.stop("Terminated"));
     }
   }
 
+  /** SIGUSR2: every thread's connections, in stunnel's words (at level 0: always shown). */
+  private async listConnections(): Promise<void> {
+    const lines = this.daemon.connectionSummaries();
+    const replies = await Promise.all(this.workers.map((w) => this.ask(w, { type: "list" })));
+    for (const reply of replies) lines.push(...reply.lines ?? []);
+    this.log(0, "Active connections:");
+    lines.forEach((line, i) => this.log(0, `Active connection ${i + 1}: ${line}`));
+    this.log(0, `Listed ${lines.length} active connection(s)`);
+  }
+
   /** SIGHUP: the new configuration replaces the old one only if all of it works. */
   async reload(): Promise<void> {
-    this.log(5, "Reloading configuration");
-    const keep = "Failed to reload the configuration file; the old configuration stays in use";
+    this.log(5, `Reading configuration from file ${this.config.source}`);
+    const keep = () => {
+      this.log(3, "Configuration failed");
+      this.log(3, "Failed to reload the configuration file");
+    };
     let next: Configuration;
     try {
       next = await this.reloadConfig();
     } catch (e) {
       const lines = (e as { lines?: readonly string[] }).lines ?? [(e as Error).message];
       for (const line of lines) this.log(3, line);
-      this.log(3, keep);
+      keep();
       return;
     }
     // Options that are not reloaded, as in stunnel.
@@ -142,17 +154,17 @@ export class Supervisor {
       (global as Record<string, unknown>)[name] = this.config.global[name];
     }
     next = { ...next, global };
-    const sink = new LogSink(global, this.sink.toStderr);
+    const sink = new LogSink(global, this.sink.stderrLevel);
     try {
       sink.open();
     } catch (e) {
       this.log(3, `Cannot open log file ${global.output}: ${osErrorText(e)}`);
-      this.log(3, keep);
+      keep();
       return;
     }
     if (!await this.daemon.apply(next, sink)) {
       sink.close();
-      this.log(3, keep);
+      keep();
       return;
     }
     this.sink = sink;
@@ -209,26 +221,37 @@ export class Supervisor {
     this.log(6, `Switched to chroot directory: ${global.chroot}`);
   }
 
-  /** setgid (clearing supplementary groups), then setuid, as stunnel does; for all threads. */
-  private dropPrivileges(global: GlobalOptions): void {
-    const { libc } = lib();
+  private lookupIds(global: GlobalOptions): { uid?: number; gid?: number } {
+    const ids: { uid?: number; gid?: number } = {};
     if (global.setgid) {
-      const gid = lookupId(global.setgid, "group");
-      if (
-        gid === undefined || libc.setgroups(0n, new Uint8Array(0)) !== 0 ||
-        libc.setgid(gid) !== 0
-      ) {
-        const why = gid === undefined ? "unknown group" : errnoText();
-        this.log(3, `setgid ${global.setgid}: ${why}`);
+      ids.gid = lookupId(global.setgid, "group");
+      if (ids.gid === undefined) {
+        this.log(3, `Invalid group name: ${global.setgid}`);
         throw new StartError("setgid");
       }
     }
     if (global.setuid) {
-      const uid = lookupId(global.setuid, "user");
-      if (uid === undefined || libc.setuid(uid) !== 0) {
-        this.log(3, `setuid ${global.setuid}: ${uid === undefined ? "unknown user" : errnoText()}`);
+      ids.uid = lookupId(global.setuid, "user");
+      if (ids.uid === undefined) {
+        this.log(3, `Invalid user name: ${global.setuid}`);
         throw new StartError("setuid");
       }
+    }
+    return ids;
+  }
+
+  /** setgid (clearing supplementary groups), then setuid, as stunnel does; for all threads. */
+  private dropPrivileges({ uid, gid }: { uid?: number; gid?: number }): void {
+    const { libc } = lib();
+    if (gid !== undefined) {
+      if (libc.setgroups(0n, new Uint8Array(0)) !== 0 || libc.setgid(gid) !== 0) {
+        this.log(3, `setgid ${gid}: ${errnoText()}`);
+        throw new StartError("setgid");
+      }
+    }
+    if (uid !== undefined && libc.setuid(uid) !== 0) {
+      this.log(3, `setuid ${uid}: ${errnoText()}`);
+      throw new StartError("setuid");
     }
   }
 }

@@ -262,8 +262,8 @@ export class TlsContext {
   private loadCertificate(cert: string, key: string, log: TlsContextLog): void {
     const { ssl } = lib();
     log(6, `Loading certificate from file: ${cert}`);
-    const bytes = Deno.readFileSync(cert);
-    if (isPem(bytes)) {
+    // As stunnel: a .p12 file is a PKCS#12 bundle, anything else PEM.
+    if (!/\.p12$/i.test(cert)) {
       check(
         ssl.SSL_CTX_use_certificate_chain_file(this.ctx, cstr(cert)) === 1,
         "SSL_CTX_use_certificate_chain_file",
@@ -276,7 +276,7 @@ export class TlsContext {
       );
       log(6, `Private key loaded from file: ${key}`);
     } else {
-      this.loadPkcs12(bytes);
+      this.loadPkcs12(Deno.readFileSync(cert));
       log(6, `Certificate loaded from file: ${cert}`);
     }
     check(ssl.SSL_CTX_check_private_key(this.ctx) === 1, "Private key check failed");
@@ -365,11 +365,6 @@ function subjectOf(cert: Ptr): string {
   const text = readCString(p);
   crypto.CRYPTO_free(p, null, 0);
   return text;
-}
-
-function isPem(bytes: Uint8Array): boolean {
-  const head = new TextDecoder().decode(bytes.subarray(0, Math.min(bytes.length, 65536)));
-  return head.includes("-----BEGIN");
 }
 
 export type ReadResult = number | "want" | "closed";

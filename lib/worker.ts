@@ -4,7 +4,7 @@ import { workerSink } from "./supervisor.ts";
 import type { Configuration } from "./types.ts";
 
 export type ToWorker =
-  | { type: "start"; config: Configuration; runtime: Runtime; toStderr: boolean }
+  | { type: "start"; config: Configuration; runtime: Runtime; stderrLevel: number }
   | { type: "reload"; config: Configuration }
   | { type: "reopen" }
   | { type: "list" }
@@ -13,18 +13,20 @@ export type ToWorker =
 export interface WorkerReply {
   id: number;
   ok: boolean;
+  /** The answer to "list": one summary per open connection. */
+  lines?: string[];
 }
 
 interface Context {
   daemon?: Daemon;
-  toStderr: boolean;
+  stderrLevel: number;
 }
 
-async function handle(message: ToWorker, context: Context): Promise<boolean> {
+async function handle(message: ToWorker, context: Context): Promise<boolean | string[]> {
   switch (message.type) {
     case "start": {
-      context.toStderr = message.toStderr;
-      const sink = workerSink(message.config.global, message.toStderr);
+      context.stderrLevel = message.stderrLevel;
+      const sink = workerSink(message.config.global, message.stderrLevel);
       sink.open();
       const daemon = new Daemon(message.config, sink, message.runtime);
       context.daemon = daemon;
@@ -32,7 +34,7 @@ async function handle(message: ToWorker, context: Context): Promise<boolean> {
       return true;
     }
     case "reload": {
-      const sink = workerSink(message.config.global, context.toStderr);
+      const sink = workerSink(message.config.global, context.stderrLevel);
       sink.open();
       const applied = await context.daemon!.apply(message.config, sink);
       if (!applied) sink.close();
@@ -42,22 +44,26 @@ async function handle(message: ToWorker, context: Context): Promise<boolean> {
       context.daemon?.reopenLog();
       return true;
     case "list":
-      context.daemon?.listConnections();
-      return true;
+      return context.daemon?.connectionSummaries() ?? [];
     case "stop":
       context.daemon?.stop("Worker thread terminated");
       return true;
   }
 }
 
-const context: Context = { toStderr: false };
+const context: Context = { stderrLevel: -1 };
 const scope = self as unknown as {
   onmessage: (e: MessageEvent<ToWorker & { id: number }>) => void;
   postMessage(reply: WorkerReply): void;
 };
 scope.onmessage = (e) => {
   handle(e.data, context).then(
-    (ok) => scope.postMessage({ id: e.data.id, ok }),
+    (result) =>
+      scope.postMessage(
+        Array.isArray(result)
+          ? { id: e.data.id, ok: true, lines: result }
+          : { id: e.data.id, ok: result },
+      ),
     () => scope.postMessage({ id: e.data.id, ok: false }),
   );
 };
