@@ -36,8 +36,9 @@ export function parseAddress(
 }
 
 /** The form stunnel uses in its logs: "127.0.0.1:443", "::1:443" (no brackets), or the path. */
+/** As stunnel logs addresses: `127.0.0.1:443`, `::1:443`, `localhost:/run/sock`. */
 export function formatAddress(address: Address): string {
-  return address.kind === "unix" ? address.path : `${address.host}:${address.port}`;
+  return address.kind === "unix" ? `localhost:${address.path}` : `${address.host}:${address.port}`;
 }
 
 function splitHostPort(text: string): { host?: string; port: string } {

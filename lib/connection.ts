@@ -3,7 +3,7 @@ import type { Logger } from "./log.ts";
 import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "./oserror.ts";
-import { lingerZero } from "./reset.ts";
+import { resetNow } from "./reset.ts";
 import { TlsError } from "./tls.ts";
 
 export function formatPeer(addr: Deno.Addr): string {
@@ -11,6 +11,12 @@ export function formatPeer(addr: Deno.Addr): string {
     return `${addr.hostname}:${addr.port}`;
   }
   return (addr as Deno.UnixAddr).path || "unnamed socket";
+}
+
+/** Which wait ran out, in stunnel's words; `fatal` ones end with a reset. */
+interface TimedOut {
+  line: string;
+  fatal: boolean;
 }
 
 export class Connection {
@@ -22,6 +28,17 @@ export class Connection {
   busy = false;
   private toTls = 0;
   private toSocket = 0;
+  private streams: Stream[] = [];
+  /** Every socket of this connection, for `reset = yes`. */
+  private sockets: Deno.Conn[] = [];
+  private tlsStream: TlsStream | undefined;
+  private timedOut: TimedOut | undefined;
+
+  constructor(
+    readonly service: Service,
+    readonly local: Deno.Conn,
+    readonly log: Logger,
+  ) {}
 
   get bytesToTls(): number {
     return this.toTls;
@@ -30,27 +47,17 @@ export class Connection {
   get bytesToSocket(): number {
     return this.toSocket;
   }
-  private streams: Stream[] = [];
-  /** Every socket of this connection, for `reset = yes`. */
-  private sockets: Deno.Conn[] = [];
-  private timedOut: string | undefined;
 
-  constructor(
-    readonly service: Service,
-    readonly local: Deno.Conn,
-    readonly log: Logger,
-  ) {}
-
-  /** Called by the daemon's timer: closes the connection if it waited too long. */
+  /** Called by the daemon's timer: ends the connection if it waited too long. */
   checkTimeout(now: number): void {
     const o = this.service.opts;
-    const [limit, name] = this.busy
-      ? [o.TIMEOUTbusy, "TIMEOUTbusy"]
+    const timeout: TimedOut & { seconds: number } = this.busy
+      ? { seconds: o.TIMEOUTbusy, fatal: true, line: "ssl_start: s_poll_wait: TIMEOUTbusy" }
       : this.bothOpen
-      ? [o.TIMEOUTidle, "TIMEOUTidle"]
-      : [o.TIMEOUTclose, "TIMEOUTclose"];
-    if (now - this.lastActivity < limit * 1000) return;
-    this.timedOut = `s_poll_wait: ${name} exceeded: ${this.bothOpen ? "sending reset" : "closing"}`;
+      ? { seconds: o.TIMEOUTidle, fatal: true, line: "transfer: s_poll_wait: TIMEOUTidle" }
+      : { seconds: o.TIMEOUTclose, fatal: false, line: "transfer: s_poll_wait: TIMEOUTclose" };
+    if (now - this.lastActivity < timeout.seconds * 1000) return;
+    this.timedOut = timeout;
     this.abort();
   }
 
@@ -65,26 +72,42 @@ export class Connection {
       5,
       `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
     );
-    let ok = false;
+    let reset = false;
     try {
       await this.establish();
-      ok = true;
     } catch (e) {
-      this.logFailure(e);
-      // A peer that reset the connection is gone: only failures of ours are worth an RST.
-      if (service.opts.reset && !(e instanceof Deno.errors.ConnectionReset)) {
-        for (const s of this.sockets) lingerZero(s);
-      }
+      reset = this.fail(e);
     } finally {
       for (const s of this.streams) s.close();
       if (this.streams.length === 0) closeQuietly(this.local);
       const counts = `${this.toTls} byte(s) sent to TLS, ${this.toSocket} byte(s) sent to socket`;
-      log(5, `Connection ${ok ? "closed" : "reset"}: ${counts}`);
+      log(5, `Connection ${reset ? "reset" : "closed"}: ${counts}`);
       this.tlsStream?.tls.free();
     }
   }
 
-  private tlsStream: TlsStream | undefined;
+  /**
+   * Logs why the connection ends; with `reset = yes` a failure of ours closes the sockets with
+   * RST, as stunnel does. Returns whether it did. TIMEOUTclose is no failure: the data is done.
+   */
+  private fail(e: unknown): boolean {
+    const timedOut = this.timedOut;
+    if (timedOut) {
+      this.log(
+        timedOut.fatal ? 6 : 3,
+        `${timedOut.line} exceeded: ${timedOut.fatal ? "sending reset" : "closing"}`,
+      );
+      if (!timedOut.fatal) return false;
+    } else {
+      this.logFailure(e);
+    }
+    if (!this.service.opts.reset) return false;
+    // A peer that reset the connection is gone: only failures of ours are worth an RST.
+    if (!(e instanceof Deno.errors.ConnectionReset)) {
+      for (const s of this.sockets) resetNow(s);
+    }
+    return true;
+  }
 
   private async establish(): Promise<void> {
     const { service } = this;
@@ -95,7 +118,9 @@ export class Connection {
       const plain = new PlainStream(this.local);
       this.streams.push(plain);
       const remote = await this.connectRemote();
-      const tls = new TlsStream(remote, service.tls.newConnection(service.sniName()));
+      const sni = service.sniName();
+      this.log(6, sni ? `SNI: sending servername: ${sni}` : "SNI: extension disabled");
+      const tls = new TlsStream(remote, service.tls.newConnection(sni));
       this.tlsStream = tls;
       this.streams.push(tls);
       await this.handshake(tls);
@@ -175,9 +200,7 @@ export class Connection {
 
   private logFailure(e: unknown): void {
     const { log } = this;
-    if (this.timedOut) {
-      log(3, this.timedOut);
-    } else if (e instanceof TlsError) {
+    if (e instanceof TlsError) {
       for (const line of e.logLines()) log(3, line);
     } else {
       log(3, osErrorText(e));

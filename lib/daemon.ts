@@ -6,7 +6,7 @@ import { formatAddress } from "./address.ts";
 import { Connection } from "./connection.ts";
 import { type Logger, LogSink } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
-import { Service } from "./service.ts";
+import { newRoundRobin, Service } from "./service.ts";
 import { TlsError } from "./tls.ts";
 import type { Configuration, LogId } from "./types.ts";
 
@@ -21,6 +21,8 @@ export interface Runtime {
   ids: Int32Array;
   /** Session ticket keys of every server-mode service, so that any thread resumes a session. */
   ticketKeys: Uint8Array;
+  /** Round-robin positions of the services (`failover = rr` across threads). */
+  roundRobin: Int32Array;
   /** Worker threads log only warnings and errors of their own start-up. */
   worker: boolean;
 }
@@ -30,6 +32,7 @@ export function newRuntime(reusePort: boolean): Runtime {
     reusePort,
     ids: new Int32Array(new SharedArrayBuffer(4)),
     ticketKeys: crypto.getRandomValues(new Uint8Array(80)),
+    roundRobin: newRoundRobin(),
     worker: false,
   };
 }
@@ -39,7 +42,7 @@ function createServices(config: Configuration, log: Logger, runtime: Runtime): S
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
-      services.push(Service.create(opts, log, runtime.ticketKeys));
+      services.push(Service.create(opts, log, runtime));
     } catch (e) {
       if (e instanceof TlsError) { for (const line of e.logLines()) log(3, line); }
       else log(3, (e as Error).message);
@@ -85,6 +88,9 @@ export class Daemon {
   /** Builds the services and binds them; throws StartError (already logged) on failure. */
   async start(): Promise<void> {
     this.services = createServices(this.config, this.log, this.runtime);
+    // Worker threads resolve quietly: the main thread has said it all once.
+    const quiet = Object.assign(() => {}, { level: -1 });
+    for (const s of this.services) await s.prepare(this.runtime.worker ? quiet : this.log);
     this.log(5, "Configuration successful");
     await this.bindAll(this.services);
   }

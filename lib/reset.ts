@@ -6,7 +6,7 @@
  * process's open sockets by its address pair (getsockname/getpeername). This runs only on the
  * error path, and costs two system calls per open socket.
  */
-import { lib } from "./ffi.ts";
+import { cstr, lib, O_RDWR } from "./ffi.ts";
 
 const SOL_SOCKET = 1;
 const SO_LINGER = 13;
@@ -61,20 +61,27 @@ function findSocketFd(conn: Deno.Conn): number | undefined {
   return undefined;
 }
 
-/** Makes the next close of `conn` send RST; false if the socket could not be found. */
-export function lingerZero(conn: Deno.Conn): boolean {
+/**
+ * Closes the socket of `conn` with RST at once; false if it could not be found. Deno's own
+ * close sends FIN first (shutdown before close), so the socket is closed here instead: its
+ * descriptor is replaced by /dev/null (dup2), which keeps the number taken until Deno closes it.
+ */
+export function resetNow(conn: Deno.Conn): boolean {
   if (conn.localAddr.transport !== "tcp") return false;
+  const { libc } = lib();
   try {
     const fd = findSocketFd(conn);
     if (fd === undefined) return false;
     const linger = new Int32Array([1, 0]);
-    return lib().libc.setsockopt(
-      fd,
-      SOL_SOCKET,
-      SO_LINGER,
-      new Uint8Array(linger.buffer),
-      linger.byteLength,
-    ) === 0;
+    const lingerBytes = new Uint8Array(linger.buffer);
+    if (libc.setsockopt(fd, SOL_SOCKET, SO_LINGER, lingerBytes, linger.byteLength) !== 0) {
+      return false;
+    }
+    const devNull = libc.open(cstr("/dev/null"), O_RDWR);
+    if (devNull < 0) return false;
+    const replaced = libc.dup2(devNull, fd) === fd;
+    libc.close(devNull);
+    return replaced;
   } catch {
     return false;
   }

@@ -14,9 +14,26 @@ type Target = { kind: "tcp"; host: string; port: number; label: string } | {
   label: string;
 };
 
+/** getaddrinfo's words for node's error codes, as stunnel logs them. */
+const GAI_ERRORS: Record<string, string> = {
+  ENOTFOUND: "Neither nodename nor servname known (EAI_NONAME)",
+  EAI_AGAIN: "Temporary failure in name resolution (EAI_AGAIN)",
+  EAI_FAIL: "Non-recoverable failure in name resolution (EAI_FAIL)",
+};
+
+/** A name that did not resolve; the message is stunnel's log line. */
+class ResolveError extends Error {}
+
 async function resolve(addr: Address): Promise<Target[]> {
-  if (addr.kind === "unix") return [{ ...addr, label: addr.path }];
-  const found = isIP(addr.host) ? [{ address: addr.host }] : await lookup(addr.host, { all: true });
+  if (addr.kind === "unix") return [{ ...addr, label: formatAddress(addr) }];
+  let found: { address: string }[];
+  try {
+    found = isIP(addr.host) ? [{ address: addr.host }] : await lookup(addr.host, { all: true });
+  } catch (e) {
+    const code = (e as { code?: string }).code ?? "";
+    const why = GAI_ERRORS[code] ?? (e as Error).message;
+    throw new ResolveError(`Error resolving "${addr.host}": ${why}`);
+  }
   return found.map(({ address }) => ({
     kind: "tcp",
     host: address,
@@ -25,31 +42,63 @@ async function resolve(addr: Address): Promise<Target[]> {
   }));
 }
 
+/** Resolves every connect target; each failure is logged, and no address at all is an error. */
+async function resolveAll(addresses: Address[], log: Logger): Promise<Target[]> {
+  const results = await Promise.allSettled(addresses.map(resolve));
+  const targets: Target[] = [];
+  for (const r of results) {
+    if (r.status === "fulfilled") targets.push(...r.value);
+    else log(3, (r.reason as Error).message);
+  }
+  if (targets.length === 0) throw new ResolveError("No remote host resolved");
+  return targets;
+}
+
+/** The round-robin position of each service, shared by all threads (slots by name). */
+const RR_SLOTS = 256;
+
+export function newRoundRobin(): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(4 * RR_SLOTS));
+}
+
+function slotOf(name: string): number {
+  let h = 0;
+  for (let i = 0; i < name.length; i++) h = (h * 31 + name.charCodeAt(i)) | 0;
+  return (h >>> 0) % RR_SLOTS;
+}
+
 export class Service {
   readonly name: string;
   /** null until resolved; stays null in delayed-resolver mode (resolved per connection). */
   private targets: Target[] | null = null;
   private delay: boolean;
-  private nextTarget = 0;
   listener: Deno.Listener | undefined;
 
-  constructor(readonly opts: ServiceOptions, readonly tls: TlsContext) {
+  constructor(
+    readonly opts: ServiceOptions,
+    readonly tls: TlsContext,
+    private readonly roundRobin: Int32Array,
+  ) {
     this.name = opts.name;
     this.delay = opts.delay;
   }
 
-  static create(opts: ServiceOptions, log: Logger, ticketKeys?: Uint8Array): Service {
+  static create(
+    opts: ServiceOptions,
+    log: Logger,
+    shared: { ticketKeys: Uint8Array; roundRobin: Int32Array },
+  ): Service {
     log(6, `Initializing service [${opts.name}]`);
-    return new Service(opts, TlsContext.create(opts, log, ticketKeys));
+    return new Service(opts, TlsContext.create(opts, log, shared.ticketKeys), shared.roundRobin);
   }
 
   /** Resolves connect targets now, unless delayed; a failure switches to the delayed resolver. */
   async prepare(log: Logger): Promise<void> {
-    if (this.delay) return;
+    if (this.delay || this.targets) return;
     try {
-      this.targets = (await Promise.all(this.opts.connect.map(resolve))).flat();
-    } catch (e) {
-      log(4, `Cannot resolve connect target: ${(e as Error).message}; delayed resolver enabled`);
+      this.targets = await resolveAll(this.opts.connect, log);
+    } catch {
+      log(6, "Cannot resolve connect target - delaying DNS lookup");
       this.delay = true;
     }
   }
@@ -57,9 +106,9 @@ export class Service {
   /** The name a client-mode service sends in SNI: `sni`, else the connect host name. */
   sniName(): string | undefined {
     if (this.opts.sni.length > 0) return this.opts.sni[0] || undefined;
+    // Like stunnel, even an IP address is sent as the name.
     const first = this.opts.connect[0];
-    if (first?.kind !== "tcp" || isIP(first.host)) return undefined;
-    return first.host;
+    return first?.kind === "tcp" ? first.host : undefined;
   }
 
   bind(log: Logger, reusePort: boolean): Deno.Listener {
@@ -75,11 +124,13 @@ export class Service {
       this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port, reusePort });
     }
     const bound = this.listener.addr;
-    const where = bound.transport === "unix" ? (bound as Deno.UnixAddr).path : formatAddress({
-      kind: "tcp",
-      host: (bound as Deno.NetAddr).hostname,
-      port: (bound as Deno.NetAddr).port,
-    });
+    const where = formatAddress(
+      bound.transport === "unix" ? { kind: "unix", path: (bound as Deno.UnixAddr).path } : {
+        kind: "tcp",
+        host: (bound as Deno.NetAddr).hostname,
+        port: (bound as Deno.NetAddr).port,
+      },
+    );
     log(6, `Service [${this.name}] bound to ${where}`);
     return this.listener;
   }
@@ -105,10 +156,10 @@ export class Service {
 
   /** Connects to the targets in failover order; logs each attempt as stunnel does. */
   async connect(log: Logger): Promise<Deno.Conn> {
-    const targets = this.targets ?? (await Promise.all(this.opts.connect.map(resolve))).flat();
-    if (targets.length === 0) throw new Error("No host resolved");
+    const targets = this.targets ?? await resolveAll(this.opts.connect, log);
+    // The delayed resolver means failover = prio (manual).
     const start = this.opts.failover === "rr" && !this.delay
-      ? this.nextTarget++ % targets.length
+      ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
       : 0;
     for (let i = 0; i < targets.length; i++) {
       const t = targets[(start + i) % targets.length];
@@ -118,7 +169,7 @@ export class Service {
         const conn = t.kind === "unix"
           ? await Deno.connect({ transport: "unix", path: t.path })
           : await Deno.connect({ transport: "tcp", hostname: t.host, port: t.port, signal });
-        log(5, `s_connect: connected ${t.label}`);
+        log(t.kind === "unix" ? 6 : 5, `s_connect: connected ${t.label}`);
         return conn;
       } catch (e) {
         const reason = e instanceof DOMException && e.name === "TimeoutError"
