@@ -5,6 +5,7 @@ import type { Service } from "./service.ts";
 import { osErrorText } from "./oserror.ts";
 import { resetNow } from "./reset.ts";
 import { TlsError } from "./tls.ts";
+import { checkPeerNames } from "./verify.ts";
 
 export function formatPeer(addr: Deno.Addr): string {
   if (addr.transport === "tcp" || addr.transport === "udp") {
@@ -144,9 +145,9 @@ export class Connection {
     await tls.handshake();
     this.busy = false;
     const engine = tls.tls;
-    const refused = engine.checkPeerNames(service.opts);
+    const refused = checkPeerNames(engine, service.opts);
     if (refused) throw new Error(refused);
-    service.tls.rememberSession(engine);
+    service.tls.handshakeDone(engine);
     if (log.level < 6) return;
     const side = service.opts.client ? "connected" : "accepted";
     log(

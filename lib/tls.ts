@@ -17,10 +17,7 @@ import {
   SSL_CTRL_SET_GROUPS_LIST,
   SSL_CTRL_SET_MAX_PROTO_VERSION,
   SSL_CTRL_SET_MIN_PROTO_VERSION,
-  SSL_CTRL_SET_SESS_CACHE_MODE,
-  SSL_CTRL_SET_SESS_CACHE_SIZE,
   SSL_CTRL_SET_TLSEXT_HOSTNAME,
-  SSL_CTRL_SET_TLSEXT_TICKET_KEYS,
   SSL_ERROR_SSL,
   SSL_ERROR_SYSCALL,
   SSL_ERROR_WANT_READ,
@@ -30,15 +27,11 @@ import {
   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
   SSL_MODE_ENABLE_PARTIAL_WRITE,
   SSL_MODE_RELEASE_BUFFERS,
-  SSL_SESS_CACHE_CLIENT,
-  SSL_SESS_CACHE_OFF,
-  SSL_SESS_CACHE_SERVER,
-  SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-  SSL_VERIFY_NONE,
-  SSL_VERIFY_PEER,
   TLSEXT_NAMETYPE_host_name,
 } from "./ffi.ts";
 import { DEFAULT_SSL_OPTIONS, SSL_OPTIONS, sslOptionName } from "./options.ts";
+import { ClientSessions, configureSessions, setTicketKeys } from "./session.ts";
+import { configureVerification } from "./verify.ts";
 import type { ServiceOptions } from "./types.ts";
 
 /** An OpenSSL failure: `what` is the failing call, `errors` the drained queue (oldest first). */
@@ -57,7 +50,7 @@ export class TlsError extends Error {
   }
 }
 
-function check(ok: boolean, what: string): void {
+export function check(ok: boolean, what: string): void {
   if (!ok) throw new TlsError(what, drainErrors());
 }
 
@@ -66,7 +59,7 @@ export interface TlsContextLog {
 }
 
 /** Everything of a service that decides how its SSL_CTX is built. */
-type ContextOptions = Pick<
+export type ContextOptions = Pick<
   ServiceOptions,
   | "name"
   | "client"
@@ -93,11 +86,17 @@ type ContextOptions = Pick<
 
 /** One SSL_CTX, shared by all connections of a service. */
 export class TlsContext {
-  /** The last session negotiated by a client-mode service, offered again on the next connect. */
-  private clientSession: Ptr = null;
   private freed = false;
+  /** Native things that live as long as the context (callbacks, stores): closed in free(). */
+  private readonly owned: { close(): void }[] = [];
+  readonly clientSessions = new ClientSessions();
 
   private constructor(readonly ctx: Ptr, readonly opts: ContextOptions) {}
+
+  /** Keeps `thing` alive until the context is freed. */
+  own(thing: { close(): void }): void {
+    this.owned.push(thing);
+  }
 
   /** `ticketKeys` (80 bytes) are shared by the contexts of all threads of a service. */
   static create(opts: ContextOptions, log: TlsContextLog, ticketKeys?: Uint8Array): TlsContext {
@@ -108,7 +107,7 @@ export class TlsContext {
     const context = new TlsContext(ctx, opts);
     try {
       context.configure(log);
-      if (ticketKeys && !opts.client && opts.sessionResume) context.setTicketKeys(ticketKeys);
+      if (ticketKeys && !opts.client && opts.sessionResume) setTicketKeys(context, ticketKeys);
     } catch (e) {
       context.free();
       throw e;
@@ -139,23 +138,14 @@ export class TlsContext {
       ),
       null,
     );
-    this.applySessionCache(log);
-    this.applyVerification(log);
+    configureSessions(this, log);
+    configureVerification(this, log);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);
     check(
       Number(ssl.SSL_CTX_ctrl_str(ctx, SSL_CTRL_SET_GROUPS_LIST, 0n, cstr(opts.curves))) === 1,
       "SSL_CTX_set1_groups_list",
     );
     log(7, `ECDH initialized with curves ${opts.curves}`);
-  }
-
-  private setTicketKeys(keys: Uint8Array): void {
-    const copy = new Uint8Array(keys);
-    check(
-      Number(lib().ssl.SSL_CTX_ctrl_str(this.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, copy)) ===
-        1,
-      "SSL_CTX_set_tlsext_ticket_keys",
-    );
   }
 
   private applyOptions(log: TlsContextLog): void {
@@ -204,59 +194,6 @@ export class TlsContext {
       )) === 1,
       "SSL_CTX_set_max_proto_version",
     );
-  }
-
-  private applySessionCache(log: TlsContextLog): void {
-    const { ssl } = lib();
-    const { ctx, opts } = this;
-    if (!opts.sessionResume) {
-      ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, BigInt(SSL_SESS_CACHE_OFF), null);
-      ssl.SSL_CTX_set_options(ctx, SSL_OPTIONS.NO_TICKET);
-      log(6, "Session resumption disabled");
-      return;
-    }
-    const mode = opts.client ? SSL_SESS_CACHE_CLIENT : SSL_SESS_CACHE_SERVER;
-    ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, BigInt(mode), null);
-    ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_SIZE, BigInt(opts.sessionCacheSize), null);
-    if (!opts.client) {
-      // Sessions are only resumed by the service that created them.
-      const sid = cstr(opts.name || "stunnel").subarray(0, -1).subarray(0, 32);
-      ssl.SSL_CTX_set_session_id_context(ctx, sid, sid.length);
-    }
-    log(6, "Session resumption enabled");
-  }
-
-  /** CAfile/CApath as trust anchors; verifyChain makes a verified certificate mandatory. */
-  private applyVerification(log: TlsContextLog): void {
-    const { ssl } = lib();
-    const { ctx, opts } = this;
-    if (opts.CAfile || opts.CApath) {
-      check(
-        ssl.SSL_CTX_load_verify_locations(
-          ctx,
-          opts.CAfile ? cstr(opts.CAfile) : null,
-          opts.CApath ? cstr(opts.CApath) : null,
-        ) === 1,
-        "SSL_CTX_load_verify_locations",
-      );
-      if (opts.CAfile) log(7, `Trusted certificates loaded from file: ${opts.CAfile}`);
-      if (!opts.client && opts.CAfile) {
-        // The client is told which CAs it may choose its certificate from.
-        const names = ssl.SSL_load_client_CA_file(cstr(opts.CAfile));
-        if (names !== null) ssl.SSL_CTX_set_client_CA_list(ctx, names);
-      }
-    }
-    if (!opts.verifyChain) {
-      ssl.SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, null);
-      if (!opts.client) log(6, "Peer certificate not required");
-      else log(4, `Service [${opts.name}] needs authentication to prevent MITM attacks`);
-      return;
-    }
-    if (!opts.CAfile && !opts.CApath) {
-      throw new TlsError("verifyChain", [], "Either CApath or CAfile has to be used");
-    }
-    ssl.SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, null);
-    log(7, "Peer certificate required and verified");
   }
 
   private loadCertificate(cert: string, key: string, log: TlsContextLog): void {
@@ -331,40 +268,25 @@ export class TlsContext {
   /** A new per-connection engine; `sni` is the name a client sends ("" sends none). */
   newConnection(sni?: string): TlsConnection {
     const conn = new TlsConnection(this, this.opts.client, sni);
-    if (this.opts.client && this.clientSession !== null) {
-      lib().ssl.SSL_set_session(conn.ssl, this.clientSession);
-    }
+    if (this.opts.client && this.opts.sessionResume) this.clientSessions.offer(conn.ssl);
     return conn;
   }
 
-  /** Keeps the session of a finished client handshake for the next connection. */
-  rememberSession(conn: TlsConnection): void {
-    if (!this.opts.client || !this.opts.sessionResume || this.freed) return;
-    const { ssl } = lib();
-    const session = ssl.SSL_get1_session(conn.ssl);
-    if (session === null) return;
-    if (this.clientSession !== null) ssl.SSL_SESSION_free(this.clientSession);
-    this.clientSession = session;
+  /** After a handshake: what a later connection may reuse. */
+  handshakeDone(conn: TlsConnection): void {
+    if (this.opts.client && this.opts.sessionResume && !this.freed) {
+      this.clientSessions.remember(conn.ssl);
+    }
   }
 
   free(): void {
     if (this.freed) return;
     this.freed = true;
-    const { ssl } = lib();
-    if (this.clientSession !== null) ssl.SSL_SESSION_free(this.clientSession);
-    this.clientSession = null;
+    this.clientSessions.close();
     // SSL objects hold their own reference to the context, so live connections are safe.
-    ssl.SSL_CTX_free(this.ctx);
+    lib().ssl.SSL_CTX_free(this.ctx);
+    for (const thing of this.owned) thing.close();
   }
-}
-
-/** The certificate's subject in OpenSSL's one-line form (`/CN=localhost`). */
-function subjectOf(cert: Ptr): string {
-  const { crypto } = lib();
-  const p = crypto.X509_NAME_oneline(crypto.X509_get_subject_name(cert), null, 0);
-  const text = readCString(p);
-  crypto.CRYPTO_free(p, null, 0);
-  return text;
 }
 
 export type ReadResult = number | "want" | "closed";
@@ -496,37 +418,6 @@ export class TlsConnection {
       name: readCString(ssl.SSL_CIPHER_get_name(c)),
       bits: ssl.SSL_CIPHER_get_bits(c, null),
     };
-  }
-
-  /**
-   * checkHost/checkIP/checkEmail: any one match accepts; no checks accepts. Returns the reason
-   * for a refusal, or undefined.
-   */
-  checkPeerNames(
-    opts: Pick<ServiceOptions, "checkHost" | "checkIP" | "checkEmail">,
-  ): string | undefined {
-    const { checkHost, checkIP, checkEmail } = opts;
-    if (checkHost.length + checkIP.length + checkEmail.length === 0) return undefined;
-    const { ssl, crypto } = lib();
-    const cert = ssl.SSL_get1_peer_certificate(this.ssl);
-    if (cert === null) return "CERT: No peer certificate received";
-    try {
-      const bytes = (s: string) => cstr(s).subarray(0, -1);
-      const host = checkHost.find((h) =>
-        crypto.X509_check_host(cert, bytes(h), BigInt(bytes(h).length), 0, null) === 1
-      );
-      if (host !== undefined) return undefined;
-      if (checkIP.some((ip) => crypto.X509_check_ip_asc(cert, cstr(ip), 0) === 1)) {
-        return undefined;
-      }
-      const email = checkEmail.find((m) =>
-        crypto.X509_check_email(cert, bytes(m), BigInt(bytes(m).length), 0) === 1
-      );
-      if (email !== undefined) return undefined;
-      return `CERT: Subject checks failed for ${subjectOf(cert)}`;
-    } finally {
-      crypto.X509_free(cert);
-    }
   }
 
   private failUnlessRetry(r: number, what: string, known?: number): void {
