@@ -62,14 +62,7 @@ export class LogSink {
 
   /** Opens the output file and syslog; throws with the reason if the file cannot be opened. */
   open(): void {
-    if (this.global.output) {
-      this.file = Deno.openSync(this.global.output, {
-        write: true,
-        create: true,
-        append: this.global.log === "append",
-        truncate: this.global.log === "overwrite",
-      });
-    }
+    this.openFile();
     if (this.global.syslog) {
       this.syslogIdent = cstr(this.global.service);
       const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
@@ -81,14 +74,17 @@ export class LogSink {
   reopen(): void {
     this.file?.close();
     this.file = undefined;
-    if (this.global.output) {
-      this.file = Deno.openSync(this.global.output, {
-        write: true,
-        create: true,
-        append: this.global.log === "append",
-        truncate: this.global.log === "overwrite",
-      });
-    }
+    this.openFile();
+  }
+
+  private openFile(): void {
+    if (!this.global.output) return;
+    this.file = Deno.openSync(this.global.output, {
+      write: true,
+      create: true,
+      append: this.global.log === "append",
+      truncate: this.global.log === "overwrite",
+    });
   }
 
   close(): void {
