@@ -103,10 +103,16 @@ export class TlsStream implements Stream {
 
   /** Completes the handshake; throws a TlsError or a socket error. */
   async handshake(): Promise<void> {
-    while (!this.tls.handshake()) {
-      if (this.peerEnd === "eof") throw new Error("Peer suddenly disconnected");
-      await this.flush();
-      await this.fill();
+    try {
+      while (!this.tls.handshake()) {
+        if (this.peerEnd === "eof") throw new Error("Peer suddenly disconnected");
+        await this.flush();
+        await this.fill();
+      }
+    } catch (e) {
+      // The peer learns why: OpenSSL has queued a fatal alert (e.g. "certificate required").
+      await this.flush().catch(() => {});
+      throw e;
     }
     await this.flush();
   }
