@@ -61,11 +61,9 @@ export async function run(source: ConfigSource): Promise<number> {
     return 1;
   }
   if (detached) lib().libc.setsid();
-  // A detached daemon shows its launcher only the errors of its start-up, as stunnel does.
-  const sink = new LogSink(
-    config.global,
-    config.global.foreground === "yes" ? 7 : detached ? 3 : -1,
-  );
+  const sink = new LogSink(config.global, config.global.foreground === "yes" ? 7 : -1);
+  // A detached daemon's launcher shows the errors of its start-up only if it fails.
+  if (detached) sink.heldBack = [];
   try {
     sink.open();
   } catch (e) {
@@ -89,13 +87,14 @@ export async function run(source: ConfigSource): Promise<number> {
   } catch (e) {
     if (!(e instanceof StartError)) ui(3, (e as Error).message);
     ui(3, "Configuration failed");
+    for (const line of sink.heldBack ?? []) Deno.stderr.writeSync(line);
     sink.close();
     return 1;
   }
   if (detached) {
     // The launcher exits once it reads this; the daemon then lets go of its pipes.
     await Deno.stdout.write(new TextEncoder().encode(READY));
-    sink.stderrLevel = -1;
+    sink.heldBack = undefined;
     detachStdio();
   }
   await supervisor.wait();

@@ -57,6 +57,12 @@ export class LogSink {
   private stampSecond = -1;
   private stamp = "";
 
+  /**
+   * Errors (level 3 and below) kept back while a detached daemon starts: its launcher shows
+   * them only if the start fails, as stunnel shows nothing when it succeeds.
+   */
+  heldBack: Uint8Array[] | undefined;
+
   /** Lines up to `stderrLevel` also go to stderr (-1: none; `foreground = yes`: all). */
   constructor(private readonly global: GlobalOptions, public stderrLevel: number) {}
 
@@ -113,10 +119,12 @@ export class LogSink {
       lib().libc.syslog(facility | level, cstr("%s"), cstr(body));
     }
     const toStderr = level <= this.stderrLevel;
-    if (!this.file && !toStderr) return;
+    const holdBack = this.heldBack !== undefined && level <= 3;
+    if (!this.file && !toStderr && !holdBack) return;
     const line = encoder.encode(`${this.timestamp()} ${body}\n`);
     if (this.file) writeAllSync(this.file, line);
     if (toStderr) writeAllSync(Deno.stderr, line);
+    if (holdBack) this.heldBack!.push(line);
   }
 
   /** A logger for one id that drops messages above `threshold`. */
