@@ -6,6 +6,7 @@ import {
   defaultGlobalOptions,
   defaultServiceOptions,
   findOption,
+  OptionError,
   type OptionSpec,
   type System,
 } from "./options.ts";
@@ -102,7 +103,9 @@ export function parseConfigText(
   parseFile(text, file, state);
   const inetd = state.services.length === 0;
   const services = inetd ? [{ ...structuredClone(state.defaults), name: "" }] : state.services;
-  for (const service of services) finishService(service, inetd);
+  // Each section is finished knowing only the sections up to itself (an SNI master must come
+  // first, as in stunnel).
+  services.forEach((service, i) => finishService(service, inetd, services.slice(0, i + 1)));
   return { source: file, global: state.global, services, inetd, files: state.files };
 }
 
@@ -137,8 +140,9 @@ function parseFile(text: string, file: string, state: State): void {
 function parseLine(raw: string, where: Where, state: State): void {
   const body = cTrim(where.line === 1 && raw.startsWith("\uFEFF") ? raw.slice(1) : raw);
   if (body === "" || body.startsWith("#") || body.startsWith(";")) return;
-  const fail = (reason: string): never => {
-    throw new ConfigError(`${where.file}:${where.line}: "${raw}": ${reason}`, { where });
+  const fail = (reason: string, before: readonly string[] = []): never => {
+    const message = `${where.file}:${where.line}: "${raw}": ${reason}`;
+    throw new ConfigError(message, { where, lines: [...before, message] });
   };
 
   if (body.startsWith("[") && body.endsWith("]")) {
@@ -168,6 +172,7 @@ function parseLine(raw: string, where: Where, state: State): void {
   try {
     parsed = option.parse(value, { system: state.env, inGlobalSection });
   } catch (reason) {
+    if (reason instanceof OptionError) fail(reason.reason, reason.before);
     if (typeof reason !== "string") throw reason;
     fail(reason);
   }
@@ -236,28 +241,53 @@ function includeDirectory(dir: string, raw: string, where: Where, state: State):
 }
 
 /** End-of-section checks and derived defaults, in stunnel's order where it has them. */
-function finishService(service: ServiceOptions, inetd: boolean): void {
+function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOptions[]): void {
   const prefix = inetd ? "Inetd mode" : `Service [${service.name}]`;
   const fail = (reason: string): never => {
     throw new ConfigError(`${prefix}: ${reason}`);
   };
+  // A later `sni` replaces an earlier one, in both modes, as in stunnel.
+  service.sni = service.sni.slice(-1);
+  const sni = service.sni[0];
+  const sniWhere = service.where.sni;
+  const sniFail: (reason: string) => never = (reason) => {
+    throw new ConfigError(
+      `${prefix}: ${sniWhere.file}:${sniWhere.line}: "sni = ${sni}": ${reason}`,
+      { where: sniWhere },
+    );
+  };
 
-  if (service.sni.length > 0) {
-    const where = service.where.sni;
-    if (!service.client) {
-      throw new ConfigError(
-        `${where.file}:${where.line}: option 'sni' is not supported yet in server mode`,
-        { where },
-      );
-    }
-    // In client mode a later `sni` replaces an earlier one, as in stunnel.
-    service.sni = service.sni.slice(-1);
-    if (service.sni[0].includes(":")) {
-      fail(`"sni = ${service.sni[0]}": SERVICE:PATTERN is the server-mode form of "sni"`);
-    }
+  if (service.client && sni?.includes(":")) {
+    sniFail(
+      'SERVICE:PATTERN is the server-mode form of "sni" (SNI secondary services are TLS servers)',
+    );
   }
   if (!service.client && !service.cert && !service.PSKsecrets) {
     fail("TLS server needs a certificate");
+  }
+  // PSK and ticket secrets, as stunnel checks them (each is ignored in the other mode).
+  const psk = service.PSKsecrets;
+  if (service.client && psk && service.PSKidentity !== undefined) {
+    if (!psk.keys.some((k) => k.identity === service.PSKidentity)) {
+      fail("No key found for the specified PSK identity");
+    }
+  }
+  if (!service.client && !service.ticketKeySecret !== !service.ticketMacSecret) {
+    fail('"ticketKeySecret" and "ticketMacSecret" must be set together');
+  }
+  if (!service.client && sni !== undefined) {
+    // An SNI secondary service; its primary service must be a server-mode section defined
+    // before it (or this one), as in stunnel.
+    const colon = sni.indexOf(":");
+    if (colon < 0) sniFail("Invalid SNI parameter format");
+    const virtual = { master: sni.slice(0, colon), pattern: sni.slice(colon + 1) };
+    const master = inetd ? undefined : known.find((s) => s.name === virtual.master);
+    if (!master) sniFail("SNI section name not found");
+    else if (master.client) sniFail("SNI primary service is a TLS client");
+    service.sniVirtual = virtual;
+    // stunnel: a renegotiation always negotiates a new session, as the secondary service's
+    // settings (including access control) differ from the primary's.
+    service.options.push("NO_SESSION_RESUMPTION_ON_RENEGOTIATION");
   }
   // The manual: "Delayed resolver inflicts failover = prio".
   if (service.delay) service.failover = "prio";
@@ -265,18 +295,40 @@ function finishService(service: ServiceOptions, inetd: boolean): void {
     service.key = service.cert;
     service.where.key = service.where.cert;
   }
+  // Peer authentication, in stunnel's order (checkEmail/Host/IP, redirect, verifyChain/Peer).
+  const verifies = service.verifyChain || service.verifyPeer;
+  const subjectChecks = service.checkEmail.length + service.checkHost.length +
+    service.checkIP.length;
+  if (subjectChecks > 0 && !verifies) {
+    fail('Either "verifyChain" or "verifyPeer" has to be enabled');
+  }
   if (service.redirect && service.client) fail('"redirect" is unsupported in client sections');
+  if (service.redirect && !verifies) {
+    fail('Either "verifyChain" or "verifyPeer" has to be enabled for "redirect" to work');
+  }
+  if (verifies && !service.CAfile && !service.CApath && !service.CAengine) {
+    fail('Either "CAengine", "CAfile" or "CApath" has to be configured');
+  }
 
   const endpoints = [
     service.accept !== undefined,
     service.connect.length > 0,
     service.exec !== undefined,
     service.transparent === "destination" || service.transparent === "both",
+    // A secondary service is reached through its primary service's `accept`.
+    service.sniVirtual !== undefined,
   ].filter(Boolean).length;
   if (inetd) {
     if (service.accept) fail("'accept' option is only allowed in a [section]");
     if (endpoints !== 1) fail("Inetd mode must define one endpoint");
   } else if (endpoints !== 2) {
+    const accept = service.where.accept;
+    if (service.sniVirtual && accept) {
+      fail(
+        `Each service must define two endpoints: ${accept.file}:${accept.line}: "accept" in an ` +
+          `SNI secondary service (its connections come from [${service.sniVirtual.master}])`,
+      );
+    }
     fail("Each service must define two endpoints");
   }
 }

@@ -4,8 +4,10 @@ import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "./oserror.ts";
 import { resetNow } from "./reset.ts";
+import { checkPeerOcsp } from "./ocsp.ts";
+import { attachSni } from "./sni.ts";
 import { TlsError } from "./tls.ts";
-import { checkPeerNames } from "./verify.ts";
+import { peerAuthenticated } from "./verify.ts";
 
 export function formatPeer(addr: Deno.Addr): string {
   if (addr.transport === "tcp" || addr.transport === "udp") {
@@ -34,12 +36,22 @@ export class Connection {
   private sockets: Deno.Conn[] = [];
   private tlsStream: TlsStream | undefined;
   private timedOut: TimedOut | undefined;
+  /** The peer failed authentication: connect to `redirect` instead of `connect`. */
+  private redirected = false;
+  /** Ends the SNI registration of a server-mode handshake (before the SSL object is freed). */
+  private detachSni: (() => void) | undefined;
 
   constructor(
-    readonly service: Service,
+    /** The accepting service, until SNI hands the connection to a secondary service. */
+    public service: Service,
     readonly local: Deno.Conn,
     readonly log: Logger,
   ) {}
+
+  /** SNI chose a secondary service: its connect, checks, timeouts and name apply from now on. */
+  switchService(to: Service): void {
+    this.service = to;
+  }
 
   get bytesToTls(): number {
     return this.toTls;
@@ -83,6 +95,7 @@ export class Connection {
       if (this.streams.length === 0) closeQuietly(this.local);
       const counts = `${this.toTls} byte(s) sent to TLS, ${this.toSocket} byte(s) sent to socket`;
       log(5, `Connection ${reset ? "reset" : "closed"}: ${counts}`);
+      this.detachSni?.();
       this.tlsStream?.tls.free();
     }
   }
@@ -121,15 +134,16 @@ export class Connection {
       const remote = await this.connectRemote();
       const sni = service.sniName();
       this.log(6, sni ? `SNI: sending servername: ${sni}` : "SNI: extension disabled");
-      const tls = new TlsStream(remote, service.tls.newConnection(sni));
+      const tls = new TlsStream(remote, service.tls.newConnection(sni, this.log));
       this.tlsStream = tls;
       this.streams.push(tls);
       await this.handshake(tls);
       await this.transfer(tls, plain);
     } else {
-      const tls = new TlsStream(this.local, service.tls.newConnection());
+      const tls = new TlsStream(this.local, service.tls.newConnection(undefined, this.log));
       this.tlsStream = tls;
       this.streams.push(tls);
+      this.detachSni = attachSni(tls.tls, this);
       await this.handshake(tls);
       const remote = await this.connectRemote();
       const plain = new PlainStream(remote);
@@ -139,29 +153,38 @@ export class Connection {
   }
 
   private async handshake(tls: TlsStream): Promise<void> {
-    const { log, service } = this;
     this.busy = true;
     this.lastActivity = Date.now();
+    const required = this.service.opts.requireCert;
+    this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
+    // A peer that fails verification (verify.ts) ends the handshake here.
     await tls.handshake();
     this.busy = false;
+    // Read after the handshake: SNI may have switched the service during it.
+    const { log, service } = this;
     const engine = tls.tls;
-    const refused = checkPeerNames(engine, service.opts);
-    if (refused) throw new Error(refused);
+    // OCSP cannot block inside the verify callback: it asks here, before any byte moves.
+    await checkPeerOcsp(engine, service.opts, log);
     service.tls.handshakeDone(engine);
-    if (log.level < 6) return;
-    const side = service.opts.client ? "connected" : "accepted";
-    log(
-      6,
-      `TLS ${side}: ${engine.sessionReused ? "previous session reused" : "new session negotiated"}`,
-    );
-    const { name, bits } = engine.cipher;
-    const version = engine.version;
-    const kind = version === "TLSv1.3" ? "ciphersuite" : "cipher suite";
-    log(6, `${version} ${kind}: ${name} (${bits}-bit encryption)`);
+    if (log.level >= 6) {
+      const side = service.opts.client ? "connected" : "accepted";
+      const reused = engine.sessionReused ? "previous session reused" : "new session negotiated";
+      log(6, `TLS ${side}: ${reused}`);
+      const { name, bits } = engine.cipher;
+      const version = engine.version;
+      // stunnel 5.68 says "ciphersuite" for every protocol version.
+      log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
+    }
+    // `redirect`: a client that failed authentication (or sent no certificate) got through the
+    // handshake only to be sent to the redirect target; a resumed session keeps its verdict.
+    if (!service.opts.client && service.opts.redirect && !peerAuthenticated(engine)) {
+      this.redirected = true;
+      log(5, "Redirecting connection");
+    }
   }
 
   private async connectRemote(): Promise<Deno.Conn> {
-    const remote = await this.service.connect(this.log);
+    const remote = await this.service.connect(this.log, this.redirected);
     this.log(
       5,
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,

@@ -7,6 +7,7 @@ import { Connection } from "./connection.ts";
 import { type Logger, LogSink } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
 import { newRoundRobin, Service } from "./service.ts";
+import { isSecondaryOnly, linkVirtualServices } from "./sni.ts";
 import { TlsError } from "./tls.ts";
 import type { Configuration, LogId } from "./types.ts";
 
@@ -51,6 +52,8 @@ function createServices(config: Configuration, log: Logger, runtime: Runtime): S
       throw new StartError("Configuration failed");
     }
   }
+  // SNI secondary services belong to their primary service's contexts of this thread.
+  linkVirtualServices(services);
   return services;
 }
 
@@ -104,6 +107,10 @@ export class Daemon {
     for (const service of services) {
       await service.prepare(this.log);
       if (service.listener) continue;
+      if (isSecondaryOnly(service)) {
+        this.log(7, `Skipped SNI secondary service [${service.name}]`);
+        continue;
+      }
       try {
         service.bind(this.log, this.runtime.reusePort);
         bound.push(service);
@@ -115,7 +122,9 @@ export class Daemon {
         throw new StartError("Binding failed");
       }
     }
-    for (const service of services) this.owners.set(service.listener!, service);
+    for (const service of services) {
+      if (service.listener) this.owners.set(service.listener, service);
+    }
     for (const service of bound) void this.acceptLoop(service.listener!);
   }
 
@@ -165,7 +174,8 @@ export class Daemon {
     this.connections.add(connection);
     connection.run().finally(() => {
       this.connections.delete(connection);
-      log(7, `Service [${service.name}] finished (${this.connections.size} left)`);
+      // The connection's service now: SNI may have handed it to a secondary service.
+      log(7, `Service [${connection.service.name}] finished (${this.connections.size} left)`);
     });
   }
 

@@ -64,6 +64,52 @@ const sslSymbols = {
   SSL_CTX_set_client_CA_list: { parameters: ["pointer", "pointer"], result: "void" },
   SSL_get1_peer_certificate: { parameters: ["pointer"], result: "pointer" },
   SSL_get_verify_result: { parameters: ["pointer"], result: "i64" },
+  // sni.ts
+  SSL_CTX_callback_ctrl: { parameters: ["pointer", "i32", "function"], result: "i64" },
+  SSL_get_servername: { parameters: ["pointer", "i32"], result: "pointer" },
+  SSL_set_SSL_CTX: { parameters: ["pointer", "pointer"], result: "pointer" },
+  SSL_set_verify: { parameters: ["pointer", "i32", "pointer"], result: "void" },
+  SSL_CTX_get_verify_mode: { parameters: ["pointer"], result: "i32" },
+  SSL_CTX_get_verify_callback: { parameters: ["pointer"], result: "pointer" },
+  SSL_get0_param: { parameters: ["pointer"], result: "pointer" },
+  SSL_CTX_get0_param: { parameters: ["pointer"], result: "pointer" },
+  SSL_CTX_up_ref: { parameters: ["pointer"], result: "i32" },
+  // session.ts
+  SSL_CTX_set_timeout: { parameters: ["pointer", "i64"], result: "i64" },
+  SSL_CTX_set_num_tickets: { parameters: ["pointer", "usize"], result: "i32" },
+  SSL_CTX_sess_set_new_cb: { parameters: ["pointer", "function"], result: "void" },
+  SSL_CTX_set_session_ticket_cb: {
+    parameters: ["pointer", "function", "function", "pointer"],
+    result: "i32",
+  },
+  SSL_SESSION_set1_ticket_appdata: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+  SSL_version: { parameters: ["pointer"], result: "i32" },
+  i2d_SSL_SESSION: { parameters: ["pointer", "buffer"], result: "i32" },
+  d2i_SSL_SESSION: { parameters: ["pointer", "buffer", "i64"], result: "pointer" },
+  // psk.ts
+  SSL_CTX_set_psk_client_callback: { parameters: ["pointer", "function"], result: "void" },
+  SSL_CTX_set_psk_server_callback: { parameters: ["pointer", "function"], result: "void" },
+  // policy.ts
+  SSL_CONF_CTX_new: { parameters: [], result: "pointer" },
+  SSL_CONF_CTX_set_ssl_ctx: { parameters: ["pointer", "pointer"], result: "void" },
+  SSL_CONF_CTX_set_flags: { parameters: ["pointer", "u32"], result: "u32" },
+  SSL_CONF_cmd: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  SSL_CONF_CTX_finish: { parameters: ["pointer"], result: "i32" },
+  SSL_CONF_CTX_free: { parameters: ["pointer"], result: "void" },
+  SSL_CTX_set_info_callback: { parameters: ["pointer", "function"], result: "void" },
+  SSL_CTX_get_ciphers: { parameters: ["pointer"], result: "pointer" },
+  SSL_CIPHER_description: { parameters: ["pointer", "buffer", "i32"], result: "pointer" },
+  // verify.ts
+  SSL_CTX_get_cert_store: { parameters: ["pointer"], result: "pointer" },
+  SSL_add_file_cert_subjects_to_stack: { parameters: ["pointer", "buffer"], result: "i32" },
+  SSL_add_dir_cert_subjects_to_stack: { parameters: ["pointer", "buffer"], result: "i32" },
+  SSL_get_ex_data_X509_STORE_CTX_idx: { parameters: [], result: "i32" },
+  SSL_get_SSL_CTX: { parameters: ["pointer"], result: "pointer" },
+  // ocsp.ts
+  SSL_get0_verified_chain: { parameters: ["pointer"], result: "pointer" },
+  SSL_get_peer_cert_chain: { parameters: ["pointer"], result: "pointer" },
+  SSL_CTX_get0_certificate: { parameters: ["pointer"], result: "pointer" },
+  SSL_set_verify_result: { parameters: ["pointer", "i64"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const cryptoSymbols = {
@@ -100,6 +146,132 @@ const cryptoSymbols = {
   X509_get_subject_name: { parameters: ["pointer"], result: "pointer" },
   X509_NAME_oneline: { parameters: ["pointer", "pointer", "i32"], result: "pointer" },
   CRYPTO_free: { parameters: ["pointer", "pointer", "i32"], result: "void" },
+  // sni.ts
+  X509_VERIFY_PARAM_inherit: { parameters: ["pointer", "pointer"], result: "i32" },
+  X509_VERIFY_PARAM_get_inh_flags: { parameters: ["pointer"], result: "u32" },
+  X509_VERIFY_PARAM_set_inh_flags: { parameters: ["pointer", "u32"], result: "i32" },
+  // session.ts
+  HMAC_Init_ex: { parameters: ["pointer", "buffer", "i32", "pointer", "pointer"], result: "i32" },
+  EVP_sha256: { parameters: [], result: "pointer" },
+  EVP_aes_128_cbc: { parameters: [], result: "pointer" },
+  EVP_aes_256_cbc: { parameters: [], result: "pointer" },
+  EVP_EncryptInit_ex: {
+    parameters: ["pointer", "pointer", "pointer", "buffer", "pointer"],
+    result: "i32",
+  },
+  EVP_DecryptInit_ex: {
+    parameters: ["pointer", "pointer", "pointer", "buffer", "pointer"],
+    result: "i32",
+  },
+  RAND_bytes: { parameters: ["pointer", "i32"], result: "i32" },
+  // policy.ts
+  BIO_new_file: { parameters: ["buffer", "buffer"], result: "pointer" },
+  PEM_read_bio_DHparams: {
+    parameters: ["pointer", "pointer", "pointer", "pointer"],
+    result: "pointer",
+  },
+  DH_bits: { parameters: ["pointer"], result: "i32" },
+  DH_free: { parameters: ["pointer"], result: "void" },
+  // verify.ts
+  CRYPTO_get_ex_new_index: {
+    parameters: ["i32", "i64", "pointer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  X509_STORE_CTX_get_ex_data: { parameters: ["pointer", "i32"], result: "pointer" },
+  X509_STORE_CTX_set_ex_data: { parameters: ["pointer", "i32", "pointer"], result: "i32" },
+  X509_STORE_CTX_get_current_cert: { parameters: ["pointer"], result: "pointer" },
+  X509_STORE_CTX_get_error: { parameters: ["pointer"], result: "i32" },
+  X509_STORE_CTX_set_error: { parameters: ["pointer", "i32"], result: "void" },
+  X509_STORE_CTX_get_error_depth: { parameters: ["pointer"], result: "i32" },
+  X509_STORE_CTX_get1_certs: { parameters: ["pointer", "pointer"], result: "pointer" },
+  X509_verify_cert_error_string: { parameters: ["i64"], result: "pointer" },
+  X509_NAME_print_ex: { parameters: ["pointer", "pointer", "i32", "u64"], result: "i32" },
+  X509_NAME_free: { parameters: ["pointer"], result: "void" },
+  X509_get0_pubkey_bitstr: { parameters: ["pointer"], result: "pointer" },
+  ASN1_STRING_length: { parameters: ["pointer"], result: "i32" },
+  ASN1_STRING_get0_data: { parameters: ["pointer"], result: "pointer" },
+  X509_STORE_add_lookup: { parameters: ["pointer", "pointer"], result: "pointer" },
+  X509_STORE_set_flags: { parameters: ["pointer", "u64"], result: "i32" },
+  X509_LOOKUP_file: { parameters: [], result: "pointer" },
+  X509_LOOKUP_hash_dir: { parameters: [], result: "pointer" },
+  X509_LOOKUP_ctrl: { parameters: ["pointer", "i32", "buffer", "i64", "pointer"], result: "i32" },
+  X509_load_crl_file: { parameters: ["pointer", "buffer", "i32"], result: "i32" },
+  OPENSSL_sk_new_null: { parameters: [], result: "pointer" },
+  OPENSSL_sk_free: { parameters: ["pointer"], result: "void" },
+  // ocsp.ts
+  OPENSSL_sk_push: { parameters: ["pointer", "pointer"], result: "i32" },
+  X509_up_ref: { parameters: ["pointer"], result: "i32" },
+  X509_NAME_cmp: { parameters: ["pointer", "pointer"], result: "i32" },
+  X509_get_issuer_name: { parameters: ["pointer"], result: "pointer" },
+  X509_get1_ocsp: { parameters: ["pointer"], result: "pointer" },
+  X509_email_free: { parameters: ["pointer"], result: "void" },
+  X509_STORE_CTX_new: { parameters: [], result: "pointer" },
+  X509_STORE_CTX_init: {
+    parameters: ["pointer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  X509_STORE_CTX_free: { parameters: ["pointer"], result: "void" },
+  X509_verify_cert: { parameters: ["pointer"], result: "i32" },
+  X509_STORE_CTX_get1_chain: { parameters: ["pointer"], result: "pointer" },
+  X509_STORE_up_ref: { parameters: ["pointer"], result: "i32" },
+  X509_STORE_free: { parameters: ["pointer"], result: "void" },
+  ASN1_TIME_print: { parameters: ["pointer", "pointer"], result: "i32" },
+  ASN1_TIME_diff: { parameters: ["buffer", "buffer", "pointer", "pointer"], result: "i32" },
+  CRYPTO_memdup: { parameters: ["buffer", "usize", "pointer", "i32"], result: "pointer" },
+  OSSL_HTTP_parse_url: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "pointer",
+      "buffer",
+      "buffer",
+      "pointer",
+      "buffer",
+      "pointer",
+      "pointer",
+    ],
+    result: "i32",
+  },
+  OSSL_HTTP_REQ_CTX_new: { parameters: ["pointer", "pointer", "i32"], result: "pointer" },
+  OSSL_HTTP_REQ_CTX_free: { parameters: ["pointer"], result: "void" },
+  OSSL_HTTP_REQ_CTX_set_request_line: {
+    parameters: ["pointer", "i32", "pointer", "pointer", "buffer"],
+    result: "i32",
+  },
+  OSSL_HTTP_REQ_CTX_set_expected: {
+    parameters: ["pointer", "pointer", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  OSSL_HTTP_REQ_CTX_add1_header: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  OSSL_HTTP_REQ_CTX_set1_req: {
+    parameters: ["pointer", "buffer", "pointer", "pointer"],
+    result: "i32",
+  },
+  OSSL_HTTP_REQ_CTX_nbio_d2i: { parameters: ["pointer", "buffer", "pointer"], result: "i32" },
+  OCSP_REQUEST_it: { parameters: [], result: "pointer" },
+  OCSP_RESPONSE_it: { parameters: [], result: "pointer" },
+  OCSP_REQUEST_new: { parameters: [], result: "pointer" },
+  OCSP_REQUEST_free: { parameters: ["pointer"], result: "void" },
+  OCSP_RESPONSE_free: { parameters: ["pointer"], result: "void" },
+  OCSP_BASICRESP_free: { parameters: ["pointer"], result: "void" },
+  OCSP_cert_to_id: { parameters: ["pointer", "pointer", "pointer"], result: "pointer" },
+  OCSP_CERTID_dup: { parameters: ["pointer"], result: "pointer" },
+  OCSP_CERTID_free: { parameters: ["pointer"], result: "void" },
+  OCSP_request_add0_id: { parameters: ["pointer", "pointer"], result: "pointer" },
+  OCSP_request_add1_nonce: { parameters: ["pointer", "pointer", "i32"], result: "i32" },
+  OCSP_response_status: { parameters: ["pointer"], result: "i32" },
+  OCSP_response_status_str: { parameters: ["i64"], result: "pointer" },
+  OCSP_response_get1_basic: { parameters: ["pointer"], result: "pointer" },
+  OCSP_check_nonce: { parameters: ["pointer", "pointer"], result: "i32" },
+  OCSP_basic_verify: { parameters: ["pointer", "pointer", "pointer", "u64"], result: "i32" },
+  OCSP_resp_find_status: {
+    parameters: ["pointer", "pointer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  OCSP_cert_status_str: { parameters: ["i64"], result: "pointer" },
+  OCSP_crl_reason_str: { parameters: ["i64"], result: "pointer" },
+  OCSP_check_validity: { parameters: ["pointer", "pointer", "i64", "i64"], result: "i32" },
+  i2d_OCSP_RESPONSE: { parameters: ["pointer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const libcSymbols = {
@@ -124,6 +296,8 @@ const libcSymbols = {
   close: { parameters: ["i32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // psk.ts, session.ts: writes into buffers OpenSSL hands to a callback
+  memcpy: { parameters: ["pointer", "buffer", "usize"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type SslLib = Deno.DynamicLibrary<typeof sslSymbols>["symbols"];
@@ -199,6 +373,29 @@ export const O_RDWR = 2;
 export const SSL_VERIFY_NONE = 0;
 export const SSL_VERIFY_PEER = 1;
 export const SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 2;
+// sni.ts
+export const SSL_CTRL_SET_TLSEXT_SERVERNAME_CB = 53;
+export const SSL_TLSEXT_ERR_OK = 0;
+export const SSL_TLSEXT_ERR_ALERT_FATAL = 2;
+export const SSL_TLSEXT_ERR_NOACK = 3;
+export const X509_VP_FLAG_OVERWRITE = 0x2;
+export const X509_VP_FLAG_RESET_FLAGS = 0x4;
+// session.ts
+export const SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72;
+export const TLS1_3_VERSION = 0x304;
+// psk.ts
+export const PSK_MAX_IDENTITY_LEN = 256;
+export const PSK_MAX_PSK_LEN = 512;
+// policy.ts
+export const SSL_CTRL_SET_TMP_DH = 3;
+export const SSL_CTRL_SET_DH_AUTO = 118;
+export const SSL_CONF_FLAG_FILE = 0x2;
+export const SSL_CONF_FLAG_CLIENT = 0x4;
+export const SSL_CONF_FLAG_SERVER = 0x8;
+export const SSL_CONF_FLAG_CERTIFICATE = 0x20;
+export const SSL_CB_ACCEPT_LOOP = 0x2001;
+export const SSL_CB_HANDSHAKE_DONE = 0x20;
+export const TLS_ST_SR_CLNT_HELLO = 20;
 
 export const PROTOCOL_VERSIONS: Record<string, number> = {
   SSLv3: 0x300,

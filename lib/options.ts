@@ -5,7 +5,8 @@
  */
 
 import { type AddressRole, parseAddress, type ServiceLookup } from "./address.ts";
-import type { GlobalOptions, ServiceOptions } from "./types.ts";
+import { readPskSecrets } from "./psk.ts";
+import type { GlobalOptions, PskSecrets, ServiceOptions } from "./types.ts";
 
 export type Scope = "global" | "service";
 
@@ -372,18 +373,57 @@ const protocol: Kind<string> = {
   syntax: "PROTOCOL",
 };
 
+/**
+ * A refused value that stunnel explains in lines of their own (`before`, logged first), then
+ * refuses with `reason` on the configuration line.
+ */
+export class OptionError {
+  constructor(readonly reason: string, readonly before: readonly string[]) {}
+}
+
+/**
+ * OPENSSL_hexstr2buf: pairs of hexadecimal digits, a colon allowed wherever a pair could start;
+ * null when the text is not of that form (or empty).
+ */
+export function opensslHex(text: string): Uint8Array<ArrayBuffer> | null {
+  if (text.length < 2) return null;
+  const out: number[] = [];
+  for (let i = 0; i < text.length;) {
+    if (text[i] === ":") {
+      i++;
+      continue;
+    }
+    const pair = text.slice(i, i + 2);
+    if (!/^[0-9a-f]{2}$/i.test(pair)) return null;
+    out.push(parseInt(pair, 16));
+    i += 2;
+  }
+  return new Uint8Array(out);
+}
+
 function ticketSecret(option: string): Kind<Uint8Array> {
   return {
     syntax: "HEX",
     parse(raw) {
-      const hex = /^[0-9a-f]{2}(:?[0-9a-f]{2})*$/i.test(raw) ? raw.replaceAll(":", "") : "";
-      if (hex.length !== 32 && hex.length !== 64) {
-        throw `Required ${option} is 16 or 32 byte hexadecimal key`;
+      const key = opensslHex(raw);
+      const failed = `Failed to read ${option}`;
+      if (key === null) {
+        throw new OptionError(failed, [`Required ${option} is 16 or 32 byte hexadecimal key`]);
       }
-      return Uint8Array.from(hex.match(/../g)!, (byte) => parseInt(byte, 16));
+      if (key.length !== 16 && key.length !== 32) {
+        throw new OptionError(failed, [
+          `${option} value has ${key.length} bytes instead of required 16 or 32 bytes`,
+        ]);
+      }
+      return key;
     },
   };
 }
+
+const pskSecrets: Kind<PskSecrets> = {
+  syntax: "FILE",
+  parse: (raw) => readPskSecrets(raw),
+};
 
 function account(kind: "UID" | "GID"): Kind<string> {
   return {
@@ -463,6 +503,21 @@ function toServiceAndGlobal<K extends ServiceField & GlobalField>(field: K) {
 }
 
 const nowhere = () => {};
+
+/**
+ * As in stunnel, `verifyChain = yes`, `verifyPeer = yes` and `requireCert = yes` also ask for
+ * and require a peer certificate (a later `requireCert = no` makes it optional again); `no` only
+ * turns its own switch off. Options apply in file order.
+ */
+function peerSwitch(field: "verifyChain" | "verifyPeer" | "requireCert") {
+  return (t: Target, on: boolean) => {
+    if (on) {
+      t.service.requestCert = true;
+      t.service.requireCert = true;
+    }
+    t.service[field] = on;
+  };
+}
 
 // ---------------------------------------------------------------- the table
 
@@ -782,7 +837,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "config",
     scope: "service",
-    status: "later",
+    status: "supported",
     repeat: true,
     ...text,
     syntax: "COMMAND[:PARAMETER]",
@@ -801,7 +856,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "CRLpath",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...optionalPath,
     syntax: "DIRECTORY",
     store: toService("CRLpath"),
@@ -810,7 +865,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "CRLfile",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...optionalPath,
     syntax: "FILE",
     store: toService("CRLfile"),
@@ -959,16 +1014,20 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "OCSP",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "URL",
     store: toService("OCSP"),
     help: "OCSP responder URL",
+    note: "OCSP and OCSPaia are asked right after the handshake instead of inside it, before " +
+      "any data moves: a refused peer sees the connection closed rather than a TLS alert. A " +
+      "resumed session is checked again, and a server-mode service staples the status of its " +
+      "own certificate for clients that ask (stunnel 5.68 does not staple).",
   }),
   define({
     name: "OCSPaia",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toService("OCSPaia"),
     default: "no",
@@ -977,7 +1036,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "OCSPflag",
     scope: "service",
-    status: "later",
+    status: "supported",
     repeat: true,
     ...ocspFlag,
     store: appendTo("OCSPflag"),
@@ -986,7 +1045,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "OCSPnonce",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toService("OCSPnonce"),
     default: "no",
@@ -1072,20 +1131,21 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "PSKidentity",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "IDENTITY",
     store: toService("PSKidentity"),
+    default: "the first identity of PSKsecrets",
     help: "identity for PSK authentication",
   }),
   define({
     name: "PSKsecrets",
     scope: "service",
-    status: "later",
-    ...text,
-    syntax: "FILE",
+    status: "supported",
+    ...pskSecrets,
     store: toService("PSKsecrets"),
     help: "secrets for PSK authentication",
+    note: "The file is read with the configuration (on start and on SIGHUP), as by stunnel.",
   }),
   define({
     name: "pty",
@@ -1099,15 +1159,16 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "redirect",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...address("connect"),
     store: toService("redirect"),
     help: "[host:]port to redirect on authentication failures",
+    note: "The addresses of a redirect host name are tried in order, whatever `failover` says.",
   }),
   define({
     name: "renegotiation",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toService("renegotiation"),
     default: "yes",
@@ -1116,9 +1177,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "requireCert",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
-    store: toService("requireCert"),
+    store: peerSwitch("requireCert"),
     default: "no",
     help: "yes|no require client certificate",
   }),
@@ -1183,19 +1244,23 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "sessionCacheSize",
     scope: "service",
-    status: "later",
-    ...integer("Illegal session cache size"),
+    status: "supported",
+    // strtol() in stunnel: any integer, handed to OpenSSL as it is (0 = no limit).
+    ...integer("Illegal session cache size", Number.MIN_SAFE_INTEGER),
     store: toService("sessionCacheSize"),
     default: "1000",
     versionDefault: ["1000"],
     help: "session cache size",
+    note: "0 means no limit. Each thread's cache holds the sessions that TLS 1.2 clients " +
+      "resume by session ID (stunnel keeps none without sessiond); tickets need no cache.",
   }),
   define({
     name: "sessionCacheTimeout",
     aliases: ["session"],
     scope: "service",
-    status: "later",
-    ...seconds("session cache"),
+    status: "supported",
+    ...integer("Illegal session cache timeout", Number.MIN_SAFE_INTEGER),
+    syntax: "SECONDS",
     store: toService("sessionCacheTimeout"),
     default: "300",
     versionDefault: ["300 seconds"],
@@ -1228,7 +1293,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     syntax: "SERVER_NAME (client) | SERVICE:PATTERN (server)",
     store: appendTo("sni"),
     help: "primary_service:host_name for an SNI virtual service",
-    note: "Client mode only for now; the server-mode SERVICE:PATTERN form is not supported yet.",
+    note: "As in stunnel 5.68 only the last `sni` of a section counts, in both modes.",
   }),
   define({
     name: "socket",
@@ -1284,7 +1349,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "ticketKeySecret",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...ticketSecret("ticketKeySecret"),
     store: toService("ticketKeySecret"),
     help: "secret key for encryption/decryption TLSv1.3 tickets",
@@ -1292,7 +1357,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "ticketMacSecret",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...ticketSecret("ticketMacSecret"),
     store: toService("ticketMacSecret"),
     help: "key for HMAC operations on TLSv1.3 tickets",
@@ -1349,10 +1414,20 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "verify",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...integer("Bad verify level", 0, 4),
     syntax: "0..4",
-    store: toService("verify"),
+    // stunnel's levels: 0 asks and ignores, 1 verifies a certificate if there is one, 2 requires
+    // a verified one, 3 also requires it installed locally, 4 only requires it installed.
+    store: (t, level: number) => {
+      Object.assign(t.service, {
+        verify: level,
+        requestCert: true,
+        requireCert: level >= 2,
+        verifyChain: level >= 1 && level <= 3,
+        verifyPeer: level >= 3,
+      });
+    },
     default: "none",
     versionDefault: ["none"],
     help: "level of peer certificate verification",
@@ -1362,16 +1437,16 @@ export const OPTIONS: readonly OptionSpec[] = [
     scope: "service",
     status: "supported",
     ...yesNo,
-    store: toService("verifyChain"),
+    store: peerSwitch("verifyChain"),
     default: "no",
     help: "yes|no verify certificate chain",
   }),
   define({
     name: "verifyPeer",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
-    store: toService("verifyPeer"),
+    store: peerSwitch("verifyPeer"),
     default: "no",
     help: "yes|no verify peer certificate",
   }),
@@ -1428,6 +1503,7 @@ export function defaultServiceOptions(name = ""): ServiceOptions {
     options: [],
     pty: false,
     renegotiation: true,
+    requestCert: false,
     requireCert: false,
     reset: true,
     retry: false,

@@ -154,11 +154,16 @@ export class Service {
     log(7, `Service [${this.name}] closed`);
   }
 
-  /** Connects to the targets in failover order; logs each attempt as stunnel does. */
-  async connect(log: Logger): Promise<Deno.Conn> {
-    const targets = this.targets ?? await resolveAll(this.opts.connect, log);
+  /**
+   * Connects to the targets in failover order; logs each attempt as stunnel does. `redirect`:
+   * to the `redirect` address instead (a peer that failed authentication), in its order.
+   */
+  async connect(log: Logger, redirect = false): Promise<Deno.Conn> {
+    const targets = redirect && this.opts.redirect
+      ? await resolveAll([this.opts.redirect], log)
+      : this.targets ?? await resolveAll(this.opts.connect, log);
     // The delayed resolver means failover = prio (manual).
-    const start = this.opts.failover === "rr" && !this.delay
+    const start = !redirect && this.opts.failover === "rr" && !this.delay
       ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
       : 0;
     for (let i = 0; i < targets.length; i++) {

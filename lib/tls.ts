@@ -31,22 +31,28 @@ import {
 } from "./ffi.ts";
 import { DEFAULT_SSL_OPTIONS, SSL_OPTIONS, sslOptionName } from "./options.ts";
 import { ClientSessions, configureSessions, setTicketKeys } from "./session.ts";
+import { configurePsk } from "./psk.ts";
+import { applyConfigCommands, configureDh, watchRenegotiation } from "./policy.ts";
 import { configureVerification } from "./verify.ts";
+import { installServernameCallback } from "./sni.ts";
+import { configureStapling } from "./ocsp.ts";
 import type { ServiceOptions } from "./types.ts";
 
 /** An OpenSSL failure: `what` is the failing call, `errors` the drained queue (oldest first). */
 export class TlsError extends Error {
   constructor(readonly what: string, readonly errors: OpenSslError[], detail?: string) {
     super(
-      errors.length > 0
-        ? `${what}: ${errors[errors.length - 1].text}`
-        : `${what}: ${detail ?? "unknown error"}`,
+      errors.length > 0 ? `${what}: ${errors[0].text}` : `${what}: ${detail ?? "unknown error"}`,
     );
   }
 
-  /** stunnel's lines: every queued error but the last as "error queue: ...", then the message. */
+  /**
+   * stunnel's sslerror() lines: the later errors newest first as "error queue: ...", then the
+   * message with the first (oldest) error, the one that started it.
+   */
   logLines(): string[] {
-    return [...this.errors.slice(0, -1).map((e) => `error queue: ${e.text}`), this.message];
+    const queue = this.errors.slice(1).reverse().map((e) => `error queue: ${e.text}`);
+    return [...queue, this.message];
   }
 }
 
@@ -82,6 +88,25 @@ export type ContextOptions = Pick<
   | "checkHost"
   | "checkIP"
   | "checkEmail"
+  | "requestCert"
+  | "requireCert"
+  | "verifyPeer"
+  | "CRLfile"
+  | "CRLpath"
+  | "redirect"
+  | "ticketKeySecret"
+  | "ticketMacSecret"
+  | "PSKsecrets"
+  | "PSKidentity"
+  | "config"
+  | "renegotiation"
+  | "OCSP"
+  | "OCSPaia"
+  | "OCSPflag"
+  | "OCSPnonce"
+  | "verify"
+  | "TIMEOUTbusy"
+  | "TIMEOUTconnect"
 >;
 
 /** One SSL_CTX, shared by all connections of a service. */
@@ -129,6 +154,8 @@ export class TlsContext {
     log(7, `TLSv1.3 ciphersuites: ${opts.ciphersuites}`);
     this.applyOptions(log);
     this.applyVersions();
+    // `config =` commands come after the options and protocol versions, so they win.
+    applyConfigCommands(this, log);
     ssl.SSL_CTX_ctrl(
       ctx,
       SSL_CTRL_MODE,
@@ -139,8 +166,15 @@ export class TlsContext {
       null,
     );
     configureSessions(this, log);
-    configureVerification(this, log);
+    if (!opts.client && !opts.renegotiation) watchRenegotiation(this);
+    configurePsk(this, log);
+    // SNI virtual services: every server-mode context asks sni.ts, as stunnel's do.
+    if (!opts.client) installServernameCallback(this);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);
+    // After the certificate, as in stunnel (its CA lines follow "Private key check succeeded").
+    configureVerification(this, log);
+    configureStapling(this, log);
+    configureDh(this, log);
     check(
       Number(ssl.SSL_CTX_ctrl_str(ctx, SSL_CTRL_SET_GROUPS_LIST, 0n, cstr(opts.curves))) === 1,
       "SSL_CTX_set1_groups_list",
@@ -157,19 +191,22 @@ export class TlsContext {
       const canonical = sslOptionName(name);
       const bit = canonical === undefined ? undefined : SSL_OPTIONS[canonical];
       if (bit === undefined) throw new TlsError("options", [], `unknown TLS option ${name}`);
-      if (raw.startsWith("-")) {
-        clear |= bit;
-        set &= ~bit as bigint;
-      } else {
-        set |= bit;
-        clear &= ~bit as bigint;
-      }
+      // As in stunnel, the two sets only grow: a bit that is also cleared ends up cleared.
+      if (raw.startsWith("-")) clear |= bit;
+      else set |= bit;
     }
     for (const name of DEFAULT_SSL_OPTIONS) ssl.SSL_CTX_set_options(this.ctx, SSL_OPTIONS[name]);
+    // stunnel's defaults: no tickets for a server without resumption, and compression left to
+    // the (absent) compression methods instead of the option bit.
+    if (!this.opts.client && !this.opts.sessionResume) {
+      ssl.SSL_CTX_set_options(this.ctx, SSL_OPTIONS.NO_TICKET);
+    }
+    ssl.SSL_CTX_clear_options(this.ctx, SSL_OPTIONS.NO_COMPRESSION);
     ssl.SSL_CTX_set_options(this.ctx, set);
     ssl.SSL_CTX_clear_options(this.ctx, clear);
     const now = BigInt(ssl.SSL_CTX_get_options(this.ctx));
-    log(7, `TLS options: 0x${now.toString(16)} (+0x${set.toString(16)}, -0x${clear.toString(16)})`);
+    const hex = (n: bigint) => `0x${n.toString(16).toUpperCase()}`;
+    log(7, `TLS options: ${hex(now)} (+${hex(set)}, -${hex(clear)})`);
   }
 
   private applyVersions(): void {
@@ -265,9 +302,13 @@ export class TlsContext {
     }
   }
 
-  /** A new per-connection engine; `sni` is the name a client sends ("" sends none). */
-  newConnection(sni?: string): TlsConnection {
+  /**
+   * A new per-connection engine; `sni` is the name a client sends ("" sends none), `log` the
+   * connection's log (for what OpenSSL callbacks report during its handshake).
+   */
+  newConnection(sni?: string, log?: TlsContextLog): TlsConnection {
     const conn = new TlsConnection(this, this.opts.client, sni);
+    if (log) conn.log = log;
     if (this.opts.client && this.opts.sessionResume) this.clientSessions.offer(conn.ssl);
     return conn;
   }
@@ -291,6 +332,18 @@ export class TlsContext {
 
 export type ReadResult = number | "want" | "closed";
 
+/** The connections of this thread by the address of their SSL, for OpenSSL callbacks. */
+const liveConnections = new Map<bigint, TlsConnection>();
+
+function addressOf(p: Ptr): bigint {
+  return BigInt(Deno.UnsafePointer.value(p));
+}
+
+/** The connection an OpenSSL callback was called for; undefined once it was freed. */
+export function connectionOf(ssl: Ptr): TlsConnection | undefined {
+  return ssl === null ? undefined : liveConnections.get(addressOf(ssl));
+}
+
 /**
  * One TLS connection. Ciphertext goes in with `feed` and comes out with `takeOutput`;
  * plaintext goes in with `write` and comes out with `read`.
@@ -301,11 +354,18 @@ export class TlsConnection {
   private readonly wbio: Ptr;
   private freed = false;
   private eof = false;
+  /** The connection's log, for lines that OpenSSL callbacks write about it. */
+  log: TlsContextLog = () => {};
+  /** Set by a callback that refuses the connection: the next engine call fails with it. */
+  refusal: string | undefined;
+  /** A pre-shared key of PSKsecrets was used (OpenSSL then reports a "reused" session). */
+  psk = false;
 
-  constructor(context: TlsContext, readonly client: boolean, sni?: string) {
+  constructor(readonly context: TlsContext, readonly client: boolean, sni?: string) {
     const { ssl, crypto } = lib();
     this.ssl = ssl.SSL_new(context.ctx);
     check(this.ssl !== null, "SSL_new");
+    liveConnections.set(addressOf(this.ssl), this);
     this.rbio = crypto.BIO_new(crypto.BIO_s_mem());
     this.wbio = crypto.BIO_new(crypto.BIO_s_mem());
     // SSL_set_bio transfers ownership: SSL_free frees both BIOs.
@@ -344,6 +404,7 @@ export class TlsConnection {
   handshake(): boolean {
     const { ssl } = lib();
     const r = ssl.SSL_do_handshake(this.ssl);
+    this.failIfRefused();
     if (r === 1) return true;
     this.failUnlessRetry(r, this.call);
     return false;
@@ -353,6 +414,7 @@ export class TlsConnection {
   read(out: Uint8Array<ArrayBuffer>): ReadResult {
     const { ssl } = lib();
     const n = ssl.SSL_read(this.ssl, out, out.length);
+    this.failIfRefused();
     if (n > 0) return n;
     const err = ssl.SSL_get_error(this.ssl, n);
     if (err === SSL_ERROR_ZERO_RETURN) return "closed";
@@ -375,6 +437,7 @@ export class TlsConnection {
     while (offset < data.length) {
       const chunk = offset === 0 ? data : data.subarray(offset);
       const n = ssl.SSL_write(this.ssl, chunk, chunk.length);
+      this.failIfRefused();
       if (n <= 0) {
         this.failUnlessRetry(n, "SSL_write");
         return offset;
@@ -402,8 +465,9 @@ export class TlsConnection {
     return n > 0 ? n : 0;
   }
 
+  /** A previous session was resumed (an external PSK is no previous session, as for stunnel). */
   get sessionReused(): boolean {
-    return lib().ssl.SSL_session_reused(this.ssl) === 1;
+    return !this.psk && lib().ssl.SSL_session_reused(this.ssl) === 1;
   }
 
   get version(): string {
@@ -418,6 +482,13 @@ export class TlsConnection {
       name: readCString(ssl.SSL_CIPHER_get_name(c)),
       bits: ssl.SSL_CIPHER_get_bits(c, null),
     };
+  }
+
+  /** A callback refused the connection during the last engine call (its line is the error). */
+  private failIfRefused(): void {
+    if (this.refusal === undefined) return;
+    drainErrors();
+    throw new Error(this.refusal);
   }
 
   private failUnlessRetry(r: number, what: string, known?: number): void {
@@ -436,6 +507,7 @@ export class TlsConnection {
   free(): void {
     if (this.freed) return;
     this.freed = true;
+    liveConnections.delete(addressOf(this.ssl));
     lib().ssl.SSL_free(this.ssl);
   }
 }

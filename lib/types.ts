@@ -89,10 +89,14 @@ export interface ServiceOptions {
   protocolPassword?: string;
   protocolUsername?: string;
   PSKidentity?: string;
-  PSKsecrets?: string;
+  /** The PSKsecrets file, read with the configuration (as stunnel reads it). */
+  PSKsecrets?: PskSecrets;
   pty: boolean;
   redirect?: Address;
   renegotiation: boolean;
+  /** A peer certificate is asked for (set by verify, verifyChain, verifyPeer, requireCert). */
+  requestCert: boolean;
+  /** A peer certificate is mandatory (unless `redirect` sends peers without one elsewhere). */
   requireCert: boolean;
   reset: boolean;
   retry: boolean;
@@ -105,6 +109,8 @@ export interface ServiceOptions {
   setuid?: string;
   /** Server mode: "MASTER:PATTERN" entries; client mode: at most one name ("" disables SNI). */
   sni: string[];
+  /** Server mode: the last `sni = MASTER:PATTERN`, checked (this section is an SNI secondary). */
+  sniVirtual?: { master: string; pattern: string };
   socket: string[];
   sslVersionMin?: string;
   sslVersionMax?: string;
@@ -121,6 +127,14 @@ export interface ServiceOptions {
   verifyPeer: boolean;
   /** The lines the options above came from, keyed by option name. */
   where: Record<string, Where>;
+}
+
+/** A PSKsecrets file: its identities and keys in file order. */
+export interface PskSecrets {
+  path: string;
+  keys: { identity: string; key: Uint8Array }[];
+  /** What reading it had to say (stunnel's lines), logged when the service starts. */
+  notes: { level: number; text: string }[];
 }
 
 export interface Configuration {

@@ -175,7 +175,8 @@ Deno.test("error: bad value of each value type, in stunnel's words", () => {
     ["transparent = maybe", "Selected transparent proxy mode is not available"],
     ["socket = x:SO_KEEPALIVE=yes", "Illegal socket option"],
     ["OCSPflag = NOPE", "Illegal OCSP flag"],
-    ["ticketKeySecret = 00ff", "Required ticketKeySecret is 16 or 32 byte hexadecimal key"],
+    // The reason stunnel gives on the line; its explanation is a line of its own before it.
+    ["ticketKeySecret = 00ff", "Failed to read ticketKeySecret"],
   ];
   for (const [line, reason] of cases) {
     assertConfigError(`foreground = yes\n${line}\n${SERVER}`, `${CONF}:2: "${line}": ${reason}`);
@@ -261,25 +262,58 @@ Deno.test("error: an error in an included file names that file and line", () => 
 
 Deno.test("error: a valid but unimplemented option is not supported yet", () => {
   assertConfigError(
-    `${SERVER}verifyPeer = yes`,
-    `${CONF}:5: option 'verifyPeer' is not supported yet`,
+    `${SERVER}libwrap = yes`,
+    `${CONF}:5: option 'libwrap' is not supported yet`,
   );
   assertConfigError(`exec = /bin/cat\n${SERVER}`, `${CONF}:1: option 'exec' is not supported yet`);
   // Validation comes first: a bad value is reported as such.
   assertConfigError(
-    `${SERVER}verifyPeer = maybe`,
-    `${CONF}:5: "verifyPeer = maybe": ${"The argument needs to be either 'yes' or 'no'"}`,
+    `${SERVER}libwrap = maybe`,
+    `${CONF}:5: "libwrap = maybe": ${"The argument needs to be either 'yes' or 'no'"}`,
   );
 });
 
-Deno.test("error: server-mode sni is not supported yet; MASTER form refused in client mode", () => {
+/** An SNI secondary service of [s] (after SERVER): no accept, its own connect and cert. */
+const VIRTUAL = "[v]\nconnect = 8081\ncert = /certs/server.pem\n";
+
+Deno.test("server-mode sni: a secondary service of an earlier section; the last sni wins", () => {
+  const config = parse(`${SERVER}${VIRTUAL}sni = s:a.example\nsni = s:*.example.com`);
+  const [s, v] = config.services;
+  assert.equal(s.sniVirtual, undefined);
+  assert.deepEqual(v.sniVirtual, { master: "s", pattern: "*.example.com" });
+  assert.deepEqual(v.sni, ["s:*.example.com"]);
+  // As stunnel: renegotiations of a secondary service never resume a session.
+  assert.ok(v.options.includes("NO_SESSION_RESUMPTION_ON_RENEGOTIATION"));
+  assert.ok(!s.options.includes("NO_SESSION_RESUMPTION_ON_RENEGOTIATION"));
+});
+
+Deno.test("error: server-mode sni names an earlier server section; MASTER form not in client", () => {
+  const at = (line: number, value: string) => `Service [v]: ${CONF}:${line}: "sni = ${value}": `;
   assertConfigError(
-    `${SERVER}sni = s:www.example.com`,
-    `${CONF}:5: option 'sni' is not supported yet in server mode`,
+    `${SERVER}${VIRTUAL}sni = x:a.example`,
+    `${at(8, "x:a.example")}SNI section name not found`,
+  );
+  assertConfigError(
+    `${VIRTUAL}sni = s:a.example\n${SERVER}`,
+    `${at(4, "s:a.example")}SNI section name not found`,
+  );
+  assertConfigError(
+    `${CLIENT}${VIRTUAL}sni = c:a.example`,
+    `${at(8, "c:a.example")}SNI primary service is a TLS client`,
+  );
+  assertConfigError(
+    `${SERVER}${VIRTUAL}sni = a.example`,
+    `${at(8, "a.example")}Invalid SNI parameter format`,
+  );
+  assertConfigError(
+    `${SERVER}${VIRTUAL}accept = 4434\nsni = s:a.example`,
+    `Service [v]: Each service must define two endpoints: ${CONF}:8: "accept" in an SNI ` +
+      "secondary service (its connections come from [s])",
   );
   assertConfigError(
     `${CLIENT}sni = s:www.example.com`,
-    'Service [c]: "sni = s:www.example.com": SERVICE:PATTERN is the server-mode form of "sni"',
+    `Service [c]: ${CONF}:5: "sni = s:www.example.com": SERVICE:PATTERN is the server-mode ` +
+      'form of "sni" (SNI secondary services are TLS servers)',
   );
 });
 
@@ -558,7 +592,7 @@ Deno.test("reference: -version defaults, -options and -sockets", () => {
 Deno.test("reference: the Markdown reference lists every option with its status", () => {
   const markdown = optionsMarkdown();
   for (const option of OPTIONS) assert.ok(markdown.includes(`| \`${option.name}\` |`), option.name);
-  assert.match(markdown, /\| `verifyPeer` .*\| not supported yet \|/);
+  assert.match(markdown, /\| `libwrap` .*\| not supported yet \|/);
   assert.match(markdown, /\| `iconIdle` .*\| refused: /);
   assert.match(markdown, /\| `stack` .*has no effect/);
 });
