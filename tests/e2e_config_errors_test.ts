@@ -15,6 +15,7 @@ import {
   assertNotEquals,
   assertNotMatch,
   e2e,
+  escapeRegExp,
   freePorts,
   GLOBALS,
   isListening,
@@ -22,19 +23,10 @@ import {
   PROXY,
   PROXY_IS_STUNNEL,
   run,
+  serverCertLines,
   startProxy,
 } from "./helpers.ts";
 import { findOption } from "../lib/options.ts";
-
-/** Escapes `s` for use inside a RegExp. */
-function re(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
-}
-
-async function certLines(): Promise<string> {
-  const pki = await makePki();
-  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
-}
 
 /** A valid server-mode service; its accept port must never listen when the file is bad. */
 function goodService(accept: number, connect: number): string {
@@ -82,12 +74,16 @@ async function expectLineError(
   reason: string,
 ): Promise<string> {
   const [good, backend, bad] = freePorts(3);
-  const text = GLOBALS + await certLines() + goodService(good, backend) +
+  const text = GLOBALS + await serverCertLines() + goodService(good, backend) +
     `[bad]\naccept = 127.0.0.1:${bad}\nconnect = 127.0.0.1:${backend}\n` + badLines;
   const { log, confPath } = await expectFailure(text, [good, bad]);
   assertMatch(
     log,
-    new RegExp(`${re(confPath)}:${lineOf(text, offending)}: "${re(offending)}": ${re(reason)}`),
+    new RegExp(
+      `${escapeRegExp(confPath)}:${lineOf(text, offending)}: "${escapeRegExp(offending)}": ${
+        escapeRegExp(reason)
+      }`,
+    ),
   );
   return log;
 }
@@ -131,13 +127,15 @@ e2e("bad enum value (failover = xx)", {}, async () => {
 
 e2e("bad debug level in the global section", {}, async () => {
   const [good, backend] = freePorts(2);
-  const text = "foreground = yes\npid =\nsyslog = no\ndebug = loud\n" + await certLines() +
+  const text = "foreground = yes\npid =\nsyslog = no\ndebug = loud\n" + await serverCertLines() +
     goodService(good, backend);
   const { log, confPath } = await expectFailure(text, [good]);
   assertMatch(
     log,
     new RegExp(
-      `${re(confPath)}:${lineOf(text, "debug = loud")}: "debug = loud": Illegal debug level`,
+      `${escapeRegExp(confPath)}:${
+        lineOf(text, "debug = loud")
+      }: "debug = loud": Illegal debug level`,
     ),
   );
 });
@@ -150,7 +148,7 @@ e2e("missing certificate file: the error names the file and the reason", {}, asy
   // stunnel finds this when the section is complete ("Service [bad]: Failed to initialize TLS
   // context"); we find it at the line itself, and name FILE:LINE (a deliberate difference).
   const [good, backend, bad] = freePorts(3);
-  const text = GLOBALS + await certLines() + goodService(good, backend) +
+  const text = GLOBALS + await serverCertLines() + goodService(good, backend) +
     `[bad]\naccept = 127.0.0.1:${bad}\nconnect = 127.0.0.1:${backend}\n` +
     "cert = /nonexistent/e2e-missing-cert.pem\n";
   const { log } = await expectFailure(text, [good, bad]);
@@ -168,7 +166,7 @@ e2e("certificate file that is not PEM: the service fails to initialize", {}, asy
   const garbage = `${dir}/garbage.pem`;
   await Deno.writeTextFile(garbage, "this is not a certificate\n");
   const [good, backend, bad] = freePorts(3);
-  const text = GLOBALS + await certLines() + goodService(good, backend) +
+  const text = GLOBALS + await serverCertLines() + goodService(good, backend) +
     `[bad]\naccept = 127.0.0.1:${bad}\nconnect = 127.0.0.1:${backend}\ncert = ${garbage}\n`;
   const { log } = await expectFailure(text, [good, bad]);
   assertMatch(log, /Service \[bad\]: Failed to initialize TLS context/);
@@ -180,13 +178,13 @@ e2e("missing configuration file: exit 1 naming the path", {}, async (scope) => {
   const r = await run([...PROXY, path], 10_000);
   assertEquals(r.code, 1, r.stderr);
   // No FILE:LINE and no "Configuration failed" here: stunnel 5.68 prints just these two lines.
-  assertMatch(r.stderr, new RegExp(`Invalid configuration file name "${re(path)}"`));
+  assertMatch(r.stderr, new RegExp(`Invalid configuration file name "${escapeRegExp(path)}"`));
   assertMatch(r.stderr, /realpath: No such file or directory \(2\)/);
 });
 
 e2e("service with only one endpoint", {}, async () => {
   const [good, backend, bad] = freePorts(3);
-  const text = GLOBALS + await certLines() + goodService(good, backend) +
+  const text = GLOBALS + await serverCertLines() + goodService(good, backend) +
     `[bad]\naccept = 127.0.0.1:${bad}\n`;
   const { log } = await expectFailure(text, [good, bad]);
   assertMatch(log, /Service \[bad\]: Each service must define two endpoints/);
@@ -204,13 +202,13 @@ e2e("server-mode service without a certificate", {}, async () => {
 
 e2e("include of a directory that does not exist", {}, async () => {
   const [good, backend] = freePorts(2);
-  const text = GLOBALS + await certLines() + "include = /nonexistent\n" +
+  const text = GLOBALS + await serverCertLines() + "include = /nonexistent\n" +
     goodService(good, backend);
   const { log, confPath } = await expectFailure(text, [good]);
   assertMatch(
     log,
     new RegExp(
-      `${re(confPath)}:${
+      `${escapeRegExp(confPath)}:${
         lineOf(text, "include = /nonexistent")
       }: "include = /nonexistent": Failed to include directory`,
     ),
@@ -222,11 +220,11 @@ e2e(
   { extra: "stunnel 5.68 accepts two sections with the same name and starts both" },
   async () => {
     const [good, backend, second] = freePorts(3);
-    const text = GLOBALS + await certLines() + goodService(good, backend) +
+    const text = GLOBALS + await serverCertLines() + goodService(good, backend) +
       `[good]\naccept = 127.0.0.1:${second}\nconnect = 127.0.0.1:${backend}\n`;
     const { log, confPath } = await expectFailure(text, [good, second]);
     const line = text.split("\n").lastIndexOf("[good]") + 1;
-    assertMatch(log, new RegExp(`${re(confPath)}:${line}: .*\\[good\\]`));
+    assertMatch(log, new RegExp(`${escapeRegExp(confPath)}:${line}: .*\\[good\\]`));
   },
 );
 
@@ -256,14 +254,16 @@ e2e(
     const pki = await makePki();
     const [good, backend, bad] = freePorts(3);
     const offending = `${name} = ${value}`;
-    const text = GLOBALS + await certLines() + `CAfile = ${pki.ca}\n` +
+    const text = GLOBALS + await serverCertLines() + `CAfile = ${pki.ca}\n` +
       goodService(good, backend) +
       `[bad]\naccept = 127.0.0.1:${bad}\nconnect = 127.0.0.1:${backend}\n${offending}\n`;
     const { log, confPath } = await expectFailure(text, [good, bad]);
     assertMatch(
       log,
       new RegExp(
-        `${re(confPath)}:${lineOf(text, offending)}: option '${name}' is not supported yet`,
+        `${escapeRegExp(confPath)}:${
+          lineOf(text, offending)
+        }: option '${name}' is not supported yet`,
       ),
     );
   },

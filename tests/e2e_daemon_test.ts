@@ -12,18 +12,18 @@ import {
   assertMatch,
   assertNotEquals,
   assertNotMatch,
-  decode,
   e2e,
+  echoRoundTrip,
   echoServer,
-  encode,
+  escapeRegExp,
   freePorts,
   GLOBALS,
   isListening,
   makePki,
   pollUntil,
   PROXY,
-  readExactly,
   type Scope,
+  serverCertLines,
   sleep,
   spawn,
   type Spawned,
@@ -31,26 +31,10 @@ import {
   tlsConnect,
   waitForPort,
   waitForPortClosed,
-  writeAll,
 } from "./helpers.ts";
-
-/** Escapes `s` for use inside a RegExp. */
-function re(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
-}
-
-async function certLines(): Promise<string> {
-  const pki = await makePki();
-  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
-}
 
 function service(name: string, accept: number, connect: number): string {
   return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${connect}\n`;
-}
-
-async function roundTrip(conn: Deno.Conn, message: string): Promise<void> {
-  await writeAll(conn, encode(message));
-  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
 }
 
 /** A TLS connection to `port` that echoes `message`; returns the client's local port. */
@@ -58,7 +42,7 @@ async function tlsRoundTrip(port: number, message: string): Promise<number> {
   const pki = await makePki();
   const conn = await tlsConnect(port, pki.caPem);
   try {
-    await roundTrip(conn, message);
+    await echoRoundTrip(conn, message);
     return (conn.localAddr as Deno.NetAddr).port;
   } finally {
     conn.close();
@@ -111,7 +95,7 @@ function nameOfId(file: string, id: number): string | undefined {
 e2e("SIGHUP with a broken configuration: the old service keeps serving", {}, async () => {
   const echo = echoServer();
   const [port] = freePorts(1);
-  const good = GLOBALS + await certLines() + service("keep", port, echo.port);
+  const good = GLOBALS + await serverCertLines() + service("keep", port, echo.port);
   const proxy = await startProxy(good);
   await tlsRoundTrip(port, "before\n");
 
@@ -120,7 +104,9 @@ e2e("SIGHUP with a broken configuration: the old service keeps serving", {}, asy
   await proxy.writeConfig(broken);
   proxy.signal("SIGHUP");
   await proxy.waitForLog(
-    new RegExp(`${re(proxy.confPath)}:${line}: "this line has no equals sign": No '=' found`),
+    new RegExp(
+      `${escapeRegExp(proxy.confPath)}:${line}: "this line has no equals sign": No '=' found`,
+    ),
   );
   await proxy.waitForLog(/Failed to reload the configuration file/);
 
@@ -136,7 +122,7 @@ e2e("SIGHUP with a broken configuration: the old service keeps serving", {}, asy
 e2e("SIGHUP with a broken configuration: stunnel's log lines, in order", {}, async () => {
   const echo = echoServer();
   const [port] = freePorts(1);
-  const good = GLOBALS + await certLines() + service("keep", port, echo.port);
+  const good = GLOBALS + await serverCertLines() + service("keep", port, echo.port);
   const proxy = await startProxy(good);
   const before = proxy.log().length;
   await proxy.writeConfig(good + "noSuchOption = 1\n");
@@ -147,7 +133,9 @@ e2e("SIGHUP with a broken configuration: stunnel's log lines, in order", {}, asy
   assertMatch(
     after,
     new RegExp(
-      `${re(proxy.confPath)}:${line}: "noSuchOption = 1": Specified option name is not valid ` +
+      `${
+        escapeRegExp(proxy.confPath)
+      }:${line}: "noSuchOption = 1": Specified option name is not valid ` +
         `here\\n(?:.*\\n)*?.*Configuration failed\\n(?:.*\\n)*?.*Failed to reload the ` +
         `configuration file`,
     ),
@@ -183,7 +171,7 @@ async function daemonize(scope: Scope): Promise<Daemonized> {
   await Deno.writeTextFile(
     confPath,
     `foreground = no\npid = ${pidFile}\noutput = ${logFile}\nsyslog = no\ndebug = debug\n` +
-      await certLines() + service("bg", port, echo.port),
+      await serverCertLines() + service("bg", port, echo.port),
   );
   const logText = async () => `log file:\n${(await readIfExists(logFile)) ?? "(none)"}`;
 
@@ -265,7 +253,7 @@ async function startWithLogMode(scope: Scope, mode: "append" | "overwrite"): Pro
   const logFile = `${dir}/proxy.log`;
   await Deno.writeTextFile(logFile, "PRE-EXISTING LINE\n");
   const proxy = await startProxy(
-    GLOBALS + `output = ${logFile}\nlog = ${mode}\n` + await certLines() +
+    GLOBALS + `output = ${logFile}\nlog = ${mode}\n` + await serverCertLines() +
       service("logmode", port, echo.port),
     { dir },
   );
@@ -296,7 +284,7 @@ e2e("logId = process: connection lines carry the daemon's pid", {}, async () => 
   const echo = echoServer();
   const [port] = freePorts(1);
   const proxy = await startProxy(
-    GLOBALS + "logId = process\n" + await certLines() + service("p", port, echo.port),
+    GLOBALS + "logId = process\n" + await serverCertLines() + service("p", port, echo.port),
   );
   const local = await tlsRoundTrip(port, "pid\n");
   await proxy.waitForLog(new RegExp(`LOG5\\[${proxy.pid}\\]: Connection closed`));
@@ -314,7 +302,7 @@ e2e("logId = unique: a non-numeric id per connection", {}, async () => {
   const echo = echoServer();
   const [port] = freePorts(1);
   const proxy = await startProxy(
-    GLOBALS + "logId = unique\n" + await certLines() + service("u", port, echo.port),
+    GLOBALS + "logId = unique\n" + await serverCertLines() + service("u", port, echo.port),
   );
   const ids: string[] = [];
   for (const message of ["one\n", "two\n"]) {
@@ -329,7 +317,7 @@ e2e("logId = unique: a non-numeric id per connection", {}, async () => {
     assertNotMatch(id, /^\d+$/, "the id is a number");
     assertNotEquals(id, "ui");
     assertNotEquals(id, String(proxy.pid));
-    await proxy.waitForLog(new RegExp(`LOG5\\[${re(id)}\\]: Connection closed`));
+    await proxy.waitForLog(new RegExp(`LOG5\\[${escapeRegExp(id)}\\]: Connection closed`));
     ids.push(id);
   }
   assertNotEquals(ids[0], ids[1], "two connections share an id");
@@ -355,7 +343,7 @@ e2e(
     // No pid file: stunnel would write it inside the jail after chroot.
     const proxy = await startProxy(
       GLOBALS + `chroot = ${jail}\nsetuid = ${NOBODY}\nsetgid = ${NOGROUP}\n` +
-        await certLines() + service("jailed", port, echo.port),
+        await serverCertLines() + service("jailed", port, echo.port),
     );
     // The ids change after the listener is bound: wait for them.
     await pollUntil(
@@ -379,14 +367,14 @@ e2e("SIGUSR2 does not stop the daemon", {}, async () => {
   const pki = await makePki();
   const echo = echoServer();
   const [port] = freePorts(1);
-  const proxy = await startProxy(GLOBALS + await certLines() + service("s", port, echo.port));
+  const proxy = await startProxy(GLOBALS + await serverCertLines() + service("s", port, echo.port));
   const open = await tlsConnect(port, pki.caPem);
-  await roundTrip(open, "hello\n");
+  await echoRoundTrip(open, "hello\n");
   proxy.signal("SIGUSR2");
   await proxy.waitForLog(/Active connections/);
   await sleep(200);
   assert(proxy.process.running, "the proxy exited on SIGUSR2");
-  await roundTrip(open, "still open\n");
+  await echoRoundTrip(open, "still open\n");
   open.close();
   await tlsRoundTrip(port, "new connection\n");
   assert(proxy.process.running, "the proxy exited");
@@ -396,9 +384,9 @@ e2e("SIGUSR2 lists the active connections as stunnel does", {}, async () => {
   const pki = await makePki();
   const echo = echoServer();
   const [port] = freePorts(1);
-  const proxy = await startProxy(GLOBALS + await certLines() + service("s", port, echo.port));
+  const proxy = await startProxy(GLOBALS + await serverCertLines() + service("s", port, echo.port));
   const open = await tlsConnect(port, pki.caPem);
-  await roundTrip(open, "hello\n");
+  await echoRoundTrip(open, "hello\n");
   proxy.signal("SIGUSR2");
   await proxy.waitForLog(/Listed \d+ active connection\(s\)/, 5000);
   const log = proxy.log();
@@ -417,7 +405,7 @@ e2e("syslog = yes does not break start-up", {}, async () => {
   const echo = echoServer();
   const [port] = freePorts(1);
   const proxy = await startProxy(
-    "foreground = yes\npid =\nsyslog = yes\ndebug = debug\n" + await certLines() +
+    "foreground = yes\npid =\nsyslog = yes\ndebug = debug\n" + await serverCertLines() +
       service("sys", port, echo.port),
   );
   await tlsRoundTrip(port, "syslog\n");

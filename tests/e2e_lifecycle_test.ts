@@ -12,37 +12,25 @@ import {
   assertNotEquals,
   assertNotMatch,
   assertRejects,
-  decode,
   e2e,
+  echoRoundTrip,
   echoServer,
-  encode,
   freePorts,
   isListening,
   makePki,
   pollUntil,
-  readExactly,
   runProxy,
+  serverCertLines,
   startProxy,
   tlsConnect,
   waitForPort,
   waitForPortClosed,
-  writeAll,
 } from "./helpers.ts";
 
 const HEADER = "foreground = yes\nsyslog = no\ndebug = debug\n";
 
 function service(name: string, accept: number, connect: number): string {
   return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${connect}\n`;
-}
-
-async function certLines(): Promise<string> {
-  const pki = await makePki();
-  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
-}
-
-async function roundTrip(conn: Deno.Conn, message: string): Promise<void> {
-  await writeAll(conn, encode(message));
-  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
 }
 
 async function fileExists(path: string): Promise<boolean> {
@@ -61,14 +49,14 @@ e2e(
     const pki = await makePki();
     const echo = echoServer();
     const [portA, portB, portC] = freePorts(3);
-    const globals = HEADER + "pid =\n" + await certLines();
+    const globals = HEADER + "pid =\n" + await serverCertLines();
     const proxy = await startProxy(
       globals + service("keep", portA, echo.port) + service("removed", portB, echo.port),
     );
     assert(!(await isListening(portC)));
 
     const open = await tlsConnect(portA, pki.caPem);
-    await roundTrip(open, "before reload\n");
+    await echoRoundTrip(open, "before reload\n");
 
     await proxy.writeConfig(
       globals + service("keep", portA, echo.port) + service("added", portC, echo.port),
@@ -78,7 +66,7 @@ e2e(
     await waitForPortClosed(portB, 10_000);
 
     // The connection opened before the reload keeps working and completes normally.
-    await roundTrip(open, "after reload\n");
+    await echoRoundTrip(open, "after reload\n");
     open.close();
     await proxy.waitForLog(
       /Connection closed: 27 byte\(s\) sent to TLS, 27 byte\(s\) sent to socket/,
@@ -86,11 +74,11 @@ e2e(
 
     // The added service accepts; the kept one still does; the removed one is gone.
     const added = await tlsConnect(portC, pki.caPem);
-    await roundTrip(added, "new service\n");
+    await echoRoundTrip(added, "new service\n");
     added.close();
     await proxy.waitForLog(/Service \[added\] accepted connection from 127\.0\.0\.1:/);
     const kept = await tlsConnect(portA, pki.caPem);
-    await roundTrip(kept, "kept service\n");
+    await echoRoundTrip(kept, "kept service\n");
     kept.close();
     await assertRejects(() => Deno.connect({ hostname: "127.0.0.1", port: portB }));
     assert(proxy.process.running, "the proxy must still run after SIGHUP");
@@ -104,12 +92,12 @@ e2e("SIGUSR1 reopens the output file after it was renamed", {}, async (scope) =>
   const dir = await scope.tempDir("e2e-log-");
   const logFile = `${dir}/proxy.log`;
   const proxy = await startProxy(
-    HEADER + `pid =\noutput = ${logFile}\n` + await certLines() +
+    HEADER + `pid =\noutput = ${logFile}\n` + await serverCertLines() +
       service("logged", port, echo.port),
     { dir },
   );
   const first = await tlsConnect(port, pki.caPem);
-  await roundTrip(first, "first\n");
+  await echoRoundTrip(first, "first\n");
   first.close();
   await pollUntil(
     async () => /Connection closed/.test(await Deno.readTextFile(logFile)),
@@ -123,7 +111,7 @@ e2e("SIGUSR1 reopens the output file after it was renamed", {}, async (scope) =>
 
   const second = await tlsConnect(port, pki.caPem);
   const secondPort = (second.localAddr as Deno.NetAddr).port;
-  await roundTrip(second, "second\n");
+  await echoRoundTrip(second, "second\n");
   second.close();
   const accepted = new RegExp(
     `Service \\[logged\\] accepted connection from 127\\.0\\.0\\.1:${secondPort}`,
@@ -144,7 +132,7 @@ e2e("SIGTERM: exit status 0 and the pid file is removed", {}, async (scope) => {
   const dir = await scope.tempDir("e2e-pid-");
   const pidFile = `${dir}/proxy.pid`;
   const proxy = await startProxy(
-    HEADER + `pid = ${pidFile}\n` + await certLines() + service("svc", port, echo.port),
+    HEADER + `pid = ${pidFile}\n` + await serverCertLines() + service("svc", port, echo.port),
     { dir },
   );
   await pollUntil(() => fileExists(pidFile), 10_000, "the pid file");
@@ -161,7 +149,7 @@ e2e("bad configuration: non-zero exit, 'Configuration failed', nothing listens",
   const echo = echoServer();
   const [good, bad] = freePorts(2);
   const proxy = await startProxy(
-    HEADER + "pid =\n" + await certLines() + service("good", good, echo.port) +
+    HEADER + "pid =\n" + await serverCertLines() + service("good", good, echo.port) +
       service("bad", bad, echo.port) + "noSuchOption = 1\n",
     { allowFailure: true },
   );

@@ -16,6 +16,7 @@ import {
   concat,
   decode,
   e2e,
+  echoRoundTrip,
   echoServer,
   encode,
   freePorts,
@@ -25,6 +26,7 @@ import {
   pollUntil,
   readExactly,
   type Scope,
+  serverCertLines,
   spawn,
   startProxy,
   tcpConnect,
@@ -35,17 +37,6 @@ import {
   withTimeout,
   writeAll,
 } from "./helpers.ts";
-
-async function certLines(): Promise<string> {
-  const pki = await makePki();
-  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
-}
-
-/** Echo round trip over a plain or TLS connection. */
-async function roundTrip(conn: Deno.Conn, message: string): Promise<void> {
-  await writeAll(conn, encode(message));
-  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
-}
 
 /** A TLS connection to the server-mode port that reads the backend's greeting line. */
 async function greetingVia(port: number): Promise<string> {
@@ -127,7 +118,7 @@ e2e("failover = rr spreads connections over both connect addresses", {}, async (
   const [port] = freePorts(1);
   await startProxy(
     GLOBALS + `[rr]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${a.port}\n` +
-      `connect = 127.0.0.1:${b.port}\nfailover = rr\n${await certLines()}`,
+      `connect = 127.0.0.1:${b.port}\nfailover = rr\n${await serverCertLines()}`,
   );
   const seen: string[] = [];
   for (let i = 0; i < 6; i++) seen.push((await greetingVia(port)).trim());
@@ -144,7 +135,7 @@ e2e("failover = prio (default) uses the first address until it fails", {}, async
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[prio]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${a.port}\n` +
-      `connect = 127.0.0.1:${b.port}\n${await certLines()}`,
+      `connect = 127.0.0.1:${b.port}\n${await serverCertLines()}`,
   );
   for (let i = 0; i < 4; i++) assertEquals(await greetingVia(port), "A\n");
   assertEquals([a.connections, b.connections], [4, 0]);
@@ -169,11 +160,11 @@ e2e("delay = yes with connect = localhost:PORT", {}, async () => {
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[delayed]\naccept = 127.0.0.1:${port}\nconnect = localhost:${echo.port}\n` +
-      `delay = yes\n${await certLines()}`,
+      `delay = yes\n${await serverCertLines()}`,
   );
   for (let i = 0; i < 2; i++) {
     const conn = await tlsConnect(port, pki.caPem);
-    await roundTrip(conn, `delayed ${i}\n`);
+    await echoRoundTrip(conn, `delayed ${i}\n`);
     conn.close();
   }
   assertEquals(echo.connections, 2);
@@ -185,7 +176,7 @@ e2e("a connect host that does not resolve switches to the delayed resolver", {},
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[unresolved]\naccept = 127.0.0.1:${port}\n` +
-      `connect = no-such-host.invalid:80\n${await certLines()}`,
+      `connect = no-such-host.invalid:80\n${await serverCertLines()}`,
   );
   // It started and listens (startProxy waited for the port). The TLS handshake completes,
   // then the name lookup fails and the connection is dropped.
@@ -215,7 +206,7 @@ e2e("accept = /path/sock: TLS over a Unix socket (openssl s_client -unix)", {}, 
   const sock = `${dir}/tls.sock`;
   const proxy = await startProxy(
     GLOBALS + `[unix-in]\naccept = ${sock}\nconnect = 127.0.0.1:${echo.port}\n` +
-      (await certLines()),
+      (await serverCertLines()),
   );
   // Wait for the socket file and for the listener behind it (a connection refused means the
   // socket is bound but does not listen yet).
@@ -265,11 +256,12 @@ e2e("connect = /path/sock: server mode to a plain Unix socket backend", {}, asyn
   const echo = serveEcho(scope, Deno.listen({ transport: "unix", path: sock }));
   const [port] = freePorts(1);
   const proxy = await startProxy(
-    GLOBALS + `[unix-out]\naccept = 127.0.0.1:${port}\nconnect = ${sock}\n${await certLines()}`,
+    GLOBALS +
+      `[unix-out]\naccept = 127.0.0.1:${port}\nconnect = ${sock}\n${await serverCertLines()}`,
   );
   const conn = await tlsConnect(port, pki.caPem);
-  await roundTrip(conn, "to a unix backend\n");
-  await roundTrip(conn, "x".repeat(100_000));
+  await echoRoundTrip(conn, "to a unix backend\n");
+  await echoRoundTrip(conn, "x".repeat(100_000));
   conn.close();
   assertEquals(echo.peers.length, 1);
   await proxy.waitForLog(/Connection closed: 100018 byte\(s\) sent to TLS/);
@@ -290,7 +282,7 @@ e2e("IPv6: accept = ::1:PORT and :::PORT, connect = ::1:PORT", {}, async (scope)
   const listener6 = Deno.listen({ hostname: "::1", port: 0 });
   const echo6 = { port: (listener6.addr as Deno.NetAddr).port, ...serveEcho(scope, listener6) };
   const [p1, p2, p3] = freePortsAllFamilies(3);
-  const cert = await certLines();
+  const cert = await serverCertLines();
   const proxy = await startProxy(
     GLOBALS +
       `[v6-loop]\naccept = ::1:${p1}\nconnect = 127.0.0.1:${echo.port}\n${cert}` +
@@ -314,7 +306,7 @@ e2e("IPv6: accept = ::1:PORT and :::PORT, connect = ::1:PORT", {}, async (scope)
     const tls = await Deno.startTls(tcp, { hostname: "localhost", caCerts: [pki.caPem] });
     scope.defer(() => closeQuietly(tls));
     await withTimeout(tls.handshake(), 10_000, "TLS handshake");
-    await roundTrip(tls, `via ${name}\n`);
+    await echoRoundTrip(tls, `via ${name}\n`);
     const local = tls.localAddr as Deno.NetAddr;
     await proxy.waitForLog(
       new RegExp(`Service \\[${name}\\] accepted connection from ::1:${local.port}`),
@@ -323,7 +315,7 @@ e2e("IPv6: accept = ::1:PORT and :::PORT, connect = ::1:PORT", {}, async (scope)
   }
 
   const conn = await tlsConnect(p3, pki.caPem);
-  await roundTrip(conn, "to an IPv6 backend\n");
+  await echoRoundTrip(conn, "to an IPv6 backend\n");
   conn.close();
   assertEquals(echo6.peers.length, 1);
   const peer6 = echo6.peers[0] as Deno.NetAddr;
@@ -342,7 +334,7 @@ e2e("accept = 127.0.0.1:0 binds an ephemeral port and logs it", {}, async () => 
   const echo = echoServer();
   const proxy = await startProxy(
     GLOBALS + `[zero]\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:${echo.port}\n` +
-      (await certLines()),
+      (await serverCertLines()),
     { waitPorts: [] },
   );
   const m = await proxy.waitForLog(
@@ -352,7 +344,7 @@ e2e("accept = 127.0.0.1:0 binds an ephemeral port and logs it", {}, async () => 
   assert(port > 0, `bound port ${port}`);
   await waitForPort(port);
   const conn = await tlsConnect(port, pki.caPem);
-  await roundTrip(conn, "port zero\n");
+  await echoRoundTrip(conn, "port zero\n");
   conn.close();
   assertEquals(echo.connections, 1);
 });
@@ -366,10 +358,10 @@ e2e("TIMEOUTidle = 2 closes an idle established connection", {}, async () => {
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[idle]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n` +
-      `TIMEOUTidle = 2\n${await certLines()}`,
+      `TIMEOUTidle = 2\n${await serverCertLines()}`,
   );
   const conn = await tlsConnect(port, pki.caPem);
-  await roundTrip(conn, "then silence\n");
+  await echoRoundTrip(conn, "then silence\n");
   const start = Date.now();
   await waitClosed(conn, 8000);
   const elapsed = Date.now() - start;
@@ -388,7 +380,7 @@ e2e("TIMEOUTbusy = 2 drops a client that never starts the TLS handshake", {}, as
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[busy]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n` +
-      `TIMEOUTbusy = 2\n${await certLines()}`,
+      `TIMEOUTbusy = 2\n${await serverCertLines()}`,
   );
   const conn = await tcpConnect(port);
   const start = Date.now();
@@ -416,7 +408,7 @@ e2e("TIMEOUTclose = 1 ends a half-closed connection whose other side stays open"
   const [port] = freePorts(1);
   const proxy = await startProxy(
     GLOBALS + `[close]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${backend.port}\n` +
-      `TIMEOUTclose = 1\n${await certLines()}`,
+      `TIMEOUTclose = 1\n${await serverCertLines()}`,
   );
   const conn = await tlsConnect(port, pki.caPem);
   assertEquals(decode(await readExactly(conn, 4)), "bye\n");
@@ -445,7 +437,7 @@ for (const reset of ["yes", "no"] as const) {
     const [port, dead] = freePorts(2);
     const proxy = await startProxy(
       GLOBALS + `[reset]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${dead}\n` +
-        `reset = ${reset}\n${await certLines()}`,
+        `reset = ${reset}\n${await serverCertLines()}`,
     );
     const conn = await tlsConnect(port, pki.caPem);
     let outcome: string;
@@ -588,7 +580,7 @@ e2e("200 concurrent connections, 64 KiB each, all intact", { timeoutMs: 40_000 }
   const proxy = await startProxy(
     GLOBALS.replace("debug = debug", "debug = notice") +
       `[many]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n` +
-      (await certLines()),
+      (await serverCertLines()),
   );
   const N = 200;
   const SIZE = 64 * 1024;

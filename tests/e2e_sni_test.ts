@@ -18,6 +18,7 @@ import {
   decode,
   e2e,
   echoServer,
+  escapeRegExp,
   freePorts,
   GLOBALS,
   makePki,
@@ -215,11 +216,6 @@ async function denoGreeting(
   } finally {
     closeQuietly(tls);
   }
-}
-
-/** Escapes `s` for use inside a RegExp. */
-function re(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,9 +456,12 @@ async function expectSniError(
   if (sniLine !== undefined && !PROXY_IS_STUNNEL) {
     const line = text.split("\n").indexOf(sniLine) + 1;
     assert(line > 0, `no line ${sniLine}`);
-    at = `${re(proxy.confPath)}:${line}: "${re(sniLine)}": `;
+    at = `${escapeRegExp(proxy.confPath)}:${line}: "${escapeRegExp(sniLine)}": `;
   }
-  assertMatch(log, new RegExp(`Service \\[${re(service)}\\]: ${at}${re(reason)}`));
+  assertMatch(
+    log,
+    new RegExp(`Service \\[${escapeRegExp(service)}\\]: ${at}${escapeRegExp(reason)}`),
+  );
   return log;
 }
 

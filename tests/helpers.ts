@@ -1441,3 +1441,20 @@ export async function assertRejects(fn: () => unknown, msg?: string): Promise<un
   }
   throw new AssertionError(msg ?? "expected an error");
 }
+
+/** Escapes `s` for use inside a RegExp. */
+export function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+}
+
+/** `cert =` and `key =` lines for the harness's ECDSA server certificate. */
+export async function serverCertLines(): Promise<string> {
+  const pki = await makePki();
+  return `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
+}
+
+/** Sends `message` through an echo path and asserts that it comes back unchanged. */
+export async function echoRoundTrip(conn: Deno.Conn, message: string): Promise<void> {
+  await writeAll(conn, encode(message));
+  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
+}
