@@ -1,7 +1,7 @@
 /**
  * Public API: run the proxy from a stunnel.conf, or embed a Daemon with a Configuration.
  */
-import { ConfigError, loadConfig } from "./lib/config.ts";
+import { ConfigError, describeSource, loadConfig, parseConfigText } from "./lib/config.ts";
 import { newRuntime, StartError } from "./lib/daemon.ts";
 import { cstr, lib, O_RDWR, opensslVersion } from "./lib/ffi.ts";
 import { early, LogSink } from "./lib/log.ts";
@@ -38,7 +38,10 @@ export function versionLines(): string[] {
 export type ConfigSource = { path: string } | { fd: number };
 
 function load(source: ConfigSource): Promise<Configuration> {
-  return "path" in source ? loadConfig(source.path) : loadConfig(`/proc/self/fd/${source.fd}`);
+  if ("path" in source) return loadConfig(source.path);
+  // Through /proc, a pipe or socket can be read as well as a file.
+  const text = Deno.readTextFileSync(`/proc/self/fd/${source.fd}`);
+  return Promise.resolve(parseConfigText(text, `descriptor ${source.fd}`));
 }
 
 /** Runs the daemon until a signal stops it; returns the process exit code. */
@@ -73,7 +76,7 @@ export async function run(source: ConfigSource): Promise<number> {
   }
   const ui = sink.bind("ui", config.global.debugLevel);
   for (const line of versionLines()) ui(5, line);
-  ui(5, `Reading configuration from file ${config.source}`);
+  ui(5, `Reading configuration from ${describeSource(config.source)}`);
   const threads = threadCount(config);
   const supervisor = new Supervisor(
     config,

@@ -63,6 +63,11 @@ export function systemEnv(): ConfigEnv {
   };
 }
 
+/** stunnel's words for where a configuration came from: `file /x.conf` or `descriptor 3`. */
+export function describeSource(source: string): string {
+  return source.startsWith("descriptor ") ? source : `file ${source}`;
+}
+
 /** Reads `path` (made absolute as stunnel's realpath() does) and parses it. */
 export async function loadConfig(
   path: string,

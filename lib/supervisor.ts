@@ -2,6 +2,7 @@
  * The process: the main thread's Daemon plus one Daemon per worker thread (each with its own
  * listening sockets on the same addresses), signals, the pid file, chroot and privileges.
  */
+import { describeSource } from "./config.ts";
 import { Daemon, type Runtime, StartError } from "./daemon.ts";
 import { cstr, errnoText, lib } from "./ffi.ts";
 import { type Logger, LogSink } from "./log.ts";
@@ -134,7 +135,7 @@ export class Supervisor {
 
   /** SIGHUP: the new configuration replaces the old one only if all of it works. */
   async reload(): Promise<void> {
-    this.log(5, `Reading configuration from file ${this.config.source}`);
+    this.log(5, `Reading configuration from ${describeSource(this.config.source)}`);
     const keep = () => {
       this.log(3, "Configuration failed");
       this.log(3, "Failed to reload the configuration file");

@@ -19,8 +19,10 @@ import {
   isListening,
   makePki,
   pollUntil,
+  PROXY,
   runProxy,
   serverCertLines,
+  spawn,
   startProxy,
   tlsConnect,
   waitForPort,
@@ -180,4 +182,21 @@ e2e("an unknown option (-foo) exits non-zero", {}, async () => {
   const r = await runProxy(["-foo"], 10_000);
   assertNotEquals(r.code, 0);
   assertMatch(r.stderr, /-foo/);
+});
+
+e2e("-fd N reads the configuration from a descriptor (a pipe)", {}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const conf = `${HEADER}pid =\n${await serverCertLines()}` +
+    `[fd]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n`;
+  const command = [...PROXY, "-fd", "3"].map((a) => `'${a}'`).join(" ");
+  const proxy = spawn(["bash", "-c", `exec ${command} 3< <(printf '%s' "$CONF")`], {
+    env: { CONF: conf },
+  });
+  await waitForPort(port);
+  const conn = await tlsConnect(port, pki.caPem);
+  await echoRoundTrip(conn, "configured through a pipe\n");
+  conn.close();
+  await proxy.waitForOutput(/Reading configuration from descriptor 3/);
 });
