@@ -84,6 +84,7 @@ export async function run(source: ConfigSource): Promise<number> {
     sink,
     newRuntime(threads > 1),
     threads,
+    Deno.env.has(THREADS_ENV),
   );
   try {
     await supervisor.start();
@@ -105,8 +106,9 @@ export async function run(source: ConfigSource): Promise<number> {
 }
 
 /**
- * One thread per core (STUNNEL_THREADS overrides), each with its own listening socket per
- * service (SO_REUSEPORT), where every accept address allows it: a fixed TCP port.
+ * Up to one thread per core, each with its own listening socket per service (SO_REUSEPORT),
+ * where every accept address allows it (a fixed TCP port). STUNNEL_THREADS=N asks for exactly
+ * N threads from the start; by default threads are added while the running ones are saturated.
  */
 function threadCount(config: Configuration): number {
   const wanted = Number(Deno.env.get(THREADS_ENV) ?? navigator.hardwareConcurrency ?? 1);

@@ -10,6 +10,26 @@ import { osErrorText } from "./oserror.ts";
 import type { Configuration, GlobalOptions } from "./types.ts";
 import type { ToWorker, WorkerReply } from "./worker.ts";
 
+/** How often the load is looked at, and the share of that time which is saturation. */
+const SCALE_INTERVAL_MS = 500;
+const SATURATED = 0.9;
+
+/**
+ * How long the main thread has been running or waiting to run (ns, from the scheduler's
+ * statistics): a thread that wants a core all the time is saturated even while another
+ * process holds the core, which CPU time alone would not show.
+ */
+function mainThreadDemand(): { busyNs: number; atNs: number } {
+  const atNs = performance.now() * 1e6;
+  try {
+    const [run, wait] = Deno.readTextFileSync(`/proc/self/task/${Deno.pid}/schedstat`)
+      .split(" ").map(Number);
+    return { busyNs: run + wait, atNs };
+  } catch {
+    return { busyNs: 0, atNs };
+  }
+}
+
 /** Loads the configuration again on SIGHUP (from the same source). */
 export type ConfigLoader = () => Promise<Configuration>;
 
@@ -29,6 +49,9 @@ export class Supervisor {
   private readonly stopped: Promise<void>;
   private resolveStopped!: () => void;
   private readonly signalHandlers: [Deno.Signal, () => void][] = [];
+  private scaler: ReturnType<typeof setInterval> | undefined;
+  private scaling = false;
+  private demand = mainThreadDemand();
   private markStarted!: () => void;
   private readonly started = new Promise<void>((resolve) => this.markStarted = resolve);
 
@@ -37,7 +60,9 @@ export class Supervisor {
     private readonly reloadConfig: ConfigLoader,
     private sink: LogSink,
     private readonly runtime: Runtime,
+    /** The most threads to serve with; all at start when `eager`, else added under load. */
     private readonly threads: number,
+    private readonly eager = false,
   ) {
     this.log = sink.bind("ui", config.global.debugLevel);
     this.daemon = new Daemon(config, sink, runtime);
@@ -51,14 +76,45 @@ export class Supervisor {
     // Names are looked up before chroot: the jail need not have /etc/passwd and /etc/group.
     const ids = this.lookupIds(this.config.global);
     await this.daemon.start();
-    for (let i = 1; i < this.threads; i++) await this.startWorker();
-    if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
+    const { chroot, setuid, setgid } = this.config.global;
+    if (this.eager || chroot || setuid || setgid) {
+      // A worker started later could neither load its code outside the jail nor bind a
+      // privileged port again: then all of them start now.
+      for (let i = 1; i < this.threads; i++) await this.startWorker();
+      if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
+    } else if (this.threads > 1) {
+      this.scaler = setInterval(() => void this.scaleUp(), SCALE_INTERVAL_MS);
+    }
     // The pid file path is inside the chroot jail, and written before privileges are dropped.
     this.enterChroot(this.config.global);
     this.writePidFile();
     this.dropPrivileges(ids);
     this.log(6, "Accepting new connections");
     this.markStarted();
+  }
+
+  /**
+   * Adds a worker thread when the running ones are saturated. Only new connections can go to
+   * it (the kernel spreads them over the SO_REUSEPORT sockets), so a load of long-lived
+   * connections stays where it is, and the threads do not compete for cores without need.
+   */
+  private async scaleUp(): Promise<void> {
+    const now = mainThreadDemand();
+    const demand = now.busyNs - this.demand.busyNs;
+    const wall = now.atNs - this.demand.atNs;
+    this.demand = now;
+    const busy = demand / wall;
+    if (this.scaling || this.stopping || !(busy >= SATURATED)) return;
+    this.scaling = true;
+    try {
+      await this.startWorker();
+      this.log(6, `Serving with ${this.workers.length + 1} threads`);
+    } catch {
+      this.log(3, "Could not start another thread");
+    } finally {
+      this.scaling = false;
+    }
+    if (this.workers.length + 1 >= this.threads) clearInterval(this.scaler);
   }
 
   /** Resolves when a signal has stopped the process. */
@@ -73,7 +129,6 @@ export class Supervisor {
       e.preventDefault();
       this.log(3, `Worker thread failed: ${e.message}`);
     };
-    this.workers.push(worker);
     const reply = await this.ask(worker, {
       type: "start",
       config: this.config,
@@ -81,10 +136,12 @@ export class Supervisor {
       stderrLevel: this.config.global.foreground === "yes" ? 7 : -1,
     });
     if (!reply.ok) {
-      await this.broadcast({ type: "stop" });
-      for (const w of this.workers) w.terminate();
+      await this.ask(worker, { type: "stop" }, 2000);
+      worker.terminate();
       throw new StartError("worker thread");
     }
+    // Only a started worker takes part in reloads and the stop.
+    this.workers.push(worker);
   }
 
   private ask(worker: Worker, message: ToWorker, timeoutMs = 30_000): Promise<WorkerReply> {
@@ -180,6 +237,7 @@ export class Supervisor {
     if (this.stopping) return;
     this.stopping = true;
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
+    clearInterval(this.scaler);
     await this.broadcast({ type: "stop" });
     for (const w of this.workers) w.terminate();
     this.removePidFile();

@@ -20,6 +20,7 @@ import {
   makePki,
   pollUntil,
   PROXY,
+  run as runCommand,
   runProxy,
   serverCertLines,
   spawn,
@@ -199,4 +200,40 @@ e2e("-fd N reads the configuration from a descriptor (a pipe)", {}, async () => 
   await echoRoundTrip(conn, "configured through a pipe\n");
   conn.close();
   await proxy.waitForOutput(/Reading configuration from descriptor 3/);
+});
+
+e2e("by default a second thread starts only when the first one is saturated", {
+  extra: "stunnel runs one thread per connection, not a pool that grows",
+  timeoutMs: 30_000,
+}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const conf = `foreground = yes\nsyslog = no\ndebug = info\npid =\n${await serverCertLines()}` +
+    `[load]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n`;
+  const threads = Deno.env.get("STUNNEL_THREADS");
+  Deno.env.delete("STUNNEL_THREADS");
+  try {
+    const proxy = await startProxy(conf);
+    assertNotMatch(proxy.log(), /Serving with/);
+    // Full handshakes from four clients keep one thread busy until the second one starts.
+    const load = [1, 2, 3, 4].map(() =>
+      runCommand([
+        "openssl",
+        "s_time",
+        "-connect",
+        `127.0.0.1:${port}`,
+        "-new",
+        "-CAfile",
+        pki.ca,
+        "-time",
+        "6",
+      ], 15_000)
+    );
+    await proxy.waitForLog(/Serving with 2 threads/, 12_000);
+    await Promise.all(load);
+  } finally {
+    if (threads === undefined) Deno.env.delete("STUNNEL_THREADS");
+    else Deno.env.set("STUNNEL_THREADS", threads);
+  }
 });

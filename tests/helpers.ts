@@ -31,6 +31,10 @@ export const PROXY: string[] = Deno.env.get("PROXY_CMD")?.trim()
   ? splitCommand(Deno.env.get("PROXY_CMD")!)
   : [Deno.execPath(), "run", "-A", `${REPO}/main.ts`];
 
+// The proxy adds threads only under load by default; the tests run it with two threads from the
+// start, so that every test also crosses threads (a test may still set its own value).
+if (!Deno.env.has("STUNNEL_THREADS")) Deno.env.set("STUNNEL_THREADS", "2");
+
 /** True when the proxy under test is stunnel itself (used to mark stunnel-specific gaps). */
 export const PROXY_IS_STUNNEL: boolean = /stunnel[0-9]*$/.test(PROXY[0]);
 
