@@ -11,6 +11,7 @@ import {
   type System,
 } from "./options.ts";
 import type { Configuration, GlobalOptions, ServiceOptions, Where } from "./types.ts";
+import { checkProtocol, protocolImplemented } from "../protocols/mod.ts";
 
 /** A configuration error whose message is already formatted the way stunnel logs it. */
 export class ConfigError extends Error {
@@ -187,6 +188,12 @@ function parseLine(raw: string, where: Where, state: State): void {
       { where },
     );
   }
+  if (option.name === "protocol" && !protocolImplemented(parsed as string)) {
+    throw new ConfigError(
+      `${where.file}:${where.line}: protocol '${parsed}' is not supported yet`,
+      { where },
+    );
+  }
   const service = state.current ?? state.defaults;
   option.store({ global: state.global, service, inGlobalSection }, parsed);
   service.where[option.name] = where;
@@ -293,6 +300,13 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
     // stunnel: a renegotiation always negotiates a new session, as the secondary service's
     // settings (including access control) differ from the primary's.
     service.options.push("NO_SESSION_RESUMPTION_ON_RENEGOTIATION");
+  }
+  // `protocol` and the protocol* options (protocols/mod.ts).
+  const protocolProblem = checkProtocol(service);
+  if (protocolProblem) {
+    throw new ConfigError(`${prefix}: ${protocolProblem.message}`, {
+      where: protocolProblem.where,
+    });
   }
   // The manual: "Delayed resolver inflicts failover = prio".
   if (service.delay) service.failover = "prio";

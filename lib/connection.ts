@@ -8,6 +8,15 @@ import { checkPeerOcsp } from "./ocsp.ts";
 import { attachSni } from "./sni.ts";
 import { TlsError } from "./tls.ts";
 import { peerAuthenticated } from "./verify.ts";
+import type { Address } from "./types.ts";
+import {
+  Channel,
+  type Negotiation,
+  type NegotiationContext,
+  negotiationFor,
+  type Phase,
+  ProtocolError,
+} from "../protocols/mod.ts";
 
 export function formatPeer(addr: Deno.Addr): string {
   if (addr.transport === "tcp" || addr.transport === "udp") {
@@ -29,6 +38,10 @@ export class Connection {
   bothOpen = true;
   /** Set while waiting for the peer in the handshake: TIMEOUTbusy applies. */
   busy = false;
+  /** What the busy wait is, for its timeout line (a protocol negotiation names its read). */
+  private busyStep = "ssl_start";
+  /** Chosen by the protocol negotiation (socks): connect there instead of `connect`. */
+  private targets: Address[] | undefined;
   private toTls = 0;
   private toSocket = 0;
   private streams: Stream[] = [];
@@ -65,7 +78,7 @@ export class Connection {
   checkTimeout(now: number): void {
     const o = this.service.opts;
     const timeout: TimedOut & { seconds: number } = this.busy
-      ? { seconds: o.TIMEOUTbusy, fatal: true, line: "ssl_start: s_poll_wait: TIMEOUTbusy" }
+      ? { seconds: o.TIMEOUTbusy, fatal: true, line: `${this.busyStep}: s_poll_wait: TIMEOUTbusy` }
       : this.bothOpen
       ? { seconds: o.TIMEOUTidle, fatal: true, line: "transfer: s_poll_wait: TIMEOUTidle" }
       : { seconds: o.TIMEOUTclose, fatal: false, line: "transfer: s_poll_wait: TIMEOUTclose" };
@@ -116,6 +129,8 @@ export class Connection {
       this.logFailure(e);
     }
     if (!this.service.opts.reset) return false;
+    // A negotiation that answered the peer properly ends without a reset, as in stunnel.
+    if (e instanceof ProtocolError && !e.reset) return false;
     // A peer that reset the connection is gone: only failures of ours are worth an RST.
     if (!(e instanceof Deno.errors.ConnectionReset)) {
       for (const s of this.sockets) resetNow(s);
@@ -128,28 +143,79 @@ export class Connection {
     const opts = service.opts;
     this.sockets.push(this.local);
     setNoDelay(this.local);
+    // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
+    const negotiation = negotiationFor(opts);
+    const local = new PlainStream(this.local);
+    this.streams.push(local);
+    await this.negotiate(negotiation, "early", { local });
     if (opts.client) {
-      const plain = new PlainStream(this.local);
-      this.streams.push(plain);
-      const remote = await this.connectRemote();
+      const remote = new PlainStream(await this.connectRemote());
+      this.streams.push(remote);
+      await this.negotiate(negotiation, "middle", { local, remote });
       const sni = service.sniName();
       this.log(6, sni ? `SNI: sending servername: ${sni}` : "SNI: extension disabled");
       const tls = new TlsStream(remote, service.tls.newConnection(sni, this.log));
       this.tlsStream = tls;
       this.streams.push(tls);
       await this.handshake(tls);
-      await this.transfer(tls, plain);
+      await this.negotiate(negotiation, "late", { local, tls });
+      await this.transfer(tls, local);
     } else {
-      const tls = new TlsStream(this.local, service.tls.newConnection(undefined, this.log));
+      let remote: PlainStream | undefined;
+      if (negotiation?.connectBeforeTls) {
+        remote = new PlainStream(await this.connectRemote());
+        this.streams.push(remote);
+        await this.negotiate(negotiation, "middle", { local, remote });
+      }
+      const tls = new TlsStream(local, service.tls.newConnection(undefined, this.log));
       this.tlsStream = tls;
       this.streams.push(tls);
       this.detachSni = attachSni(tls.tls, this);
       await this.handshake(tls);
-      const remote = await this.connectRemote();
-      const plain = new PlainStream(remote);
-      this.streams.push(plain);
-      await this.transfer(tls, plain);
+      if (!remote) {
+        await this.negotiate(negotiation, "middle", { tls });
+        remote = new PlainStream(await this.connectRemote());
+        this.streams.push(remote);
+      }
+      await this.negotiate(negotiation, "late", { tls, remote });
+      await this.transfer(tls, remote);
     }
+  }
+
+  /** Runs one phase of the protocol negotiation, if it has one; TIMEOUTbusy bounds its waits. */
+  private async negotiate(
+    negotiation: Negotiation | undefined,
+    phase: Phase,
+    streams: { local?: PlainStream; remote?: PlainStream; tls?: TlsStream },
+  ): Promise<void> {
+    const run = negotiation?.[phase];
+    if (!run) return;
+    const waiting = (step: string) => {
+      this.busy = true;
+      this.busyStep = step;
+      this.lastActivity = Date.now();
+    };
+    const channel = (s: PlainStream | TlsStream | undefined) =>
+      s && new Channel(s, this.log, waiting);
+    const ctx: NegotiationContext = {
+      opts: this.service.opts,
+      log: this.log,
+      local: channel(streams.local),
+      remote: channel(streams.remote),
+      tls: channel(streams.tls),
+      localConn: this.local,
+      setTargets: (targets) => this.targets = targets,
+    };
+    try {
+      await run.call(negotiation, ctx);
+    } finally {
+      this.busy = false;
+      this.busyStep = "ssl_start";
+    }
+    // What the negotiation read ahead belongs to the TLS engine or the transfer.
+    ctx.local?.release();
+    ctx.remote?.release();
+    ctx.tls?.release();
   }
 
   private async handshake(tls: TlsStream): Promise<void> {
@@ -184,7 +250,7 @@ export class Connection {
   }
 
   private async connectRemote(): Promise<Deno.Conn> {
-    const remote = await this.service.connect(this.log, this.redirected);
+    const remote = await this.service.connect(this.log, this.redirected, this.targets);
     this.log(
       5,
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
@@ -226,6 +292,8 @@ export class Connection {
     const { log } = this;
     if (e instanceof TlsError) {
       for (const line of e.logLines()) log(3, line);
+    } else if (e instanceof ProtocolError) {
+      if (e.line) log(3, e.line);
     } else {
       log(3, osErrorText(e));
     }

@@ -1065,9 +1065,12 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocol",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...protocol,
     store: toService("protocol"),
+    note: "Implemented: smtp, pop3, imap, pgsql (both modes), connect (client mode, Basic " +
+      "authentication), proxy (server mode). cifs, ldap, nntp, socks and NTLM authentication " +
+      "are refused as not supported yet; a protocol* option the protocol does not use is an error.",
     help: "protocol to negotiate before TLS initialization",
     helpMore: [
       "currently supported: cifs, connect, imap,",
@@ -1077,7 +1080,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocolAuthentication",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "AUTHENTICATION",
     store: toService("protocolAuthentication"),
@@ -1095,16 +1098,17 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocolHeader",
     scope: "service",
-    status: "later",
+    status: "supported",
+    repeat: true,
     ...text,
     syntax: "HEADER",
-    store: toService("protocolHeader"),
+    store: appendTo("protocolHeader"),
     help: "custom header for protocol negotiations",
   }),
   define({
     name: "protocolHost",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "HOST:PORT",
     store: toService("protocolHost"),
@@ -1113,7 +1117,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocolPassword",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "PASSWORD",
     store: toService("protocolPassword"),
@@ -1122,7 +1126,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocolUsername",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "USERNAME",
     store: toService("protocolUsername"),
@@ -1484,6 +1488,7 @@ export function defaultServiceOptions(name = ""): ServiceOptions {
   return {
     name,
     checkEmail: [],
+    protocolHeader: [],
     checkHost: [],
     checkIP: [],
     ciphers: "HIGH:!aNULL:!SSLv2:!DH:!kDHEPSK",

@@ -58,10 +58,22 @@ class ReadBuffer {
 export class PlainStream implements Stream {
   private readonly buffer = new ReadBuffer();
   private closed = false;
+  /** Bytes a protocol negotiation read ahead and handed back (`unread`), returned first. */
+  private pending: Uint8Array<ArrayBuffer> | null = null;
 
   constructor(readonly conn: Deno.Conn) {}
 
+  /** Makes `data` the next chunk `read` returns (bytes read ahead by a line reader). */
+  unread(data: Uint8Array<ArrayBuffer>): void {
+    if (data.length > 0) this.pending = data;
+  }
+
   async read(): Promise<Uint8Array<ArrayBuffer> | null> {
+    if (this.pending) {
+      const data = this.pending;
+      this.pending = null;
+      return data;
+    }
     const buf = this.buffer.get();
     const n = await this.conn.read(buf);
     if (n === null) return null;
@@ -96,9 +108,17 @@ export class TlsStream implements Stream {
   /** Writers waiting for input from the peer (a renegotiation in progress). */
   private inputWaiters: (() => void)[] = [];
   private sentCloseNotify = false;
+  /** Plaintext a protocol negotiation read ahead and handed back (`unread`), returned first. */
+  private pendingPlain: Uint8Array<ArrayBuffer> | null = null;
 
-  constructor(conn: Deno.Conn, readonly tls: TlsConnection) {
-    this.socket = new PlainStream(conn);
+  /** Over a socket, or over a PlainStream that a negotiation already read from. */
+  constructor(conn: Deno.Conn | PlainStream, readonly tls: TlsConnection) {
+    this.socket = conn instanceof PlainStream ? conn : new PlainStream(conn);
+  }
+
+  /** Makes `data` the next chunk `read` returns (plaintext read ahead by a line reader). */
+  unread(data: Uint8Array<ArrayBuffer>): void {
+    if (data.length > 0) this.pendingPlain = data;
   }
 
   /** Completes the handshake; throws a TlsError or a socket error. */
@@ -146,6 +166,11 @@ export class TlsStream implements Stream {
   private plain: Uint8Array<ArrayBuffer> | null = null;
 
   async read(): Promise<Uint8Array<ArrayBuffer> | null> {
+    if (this.pendingPlain) {
+      const data = this.pendingPlain;
+      this.pendingPlain = null;
+      return data;
+    }
     for (;;) {
       const out = this.plain ??= pool.get();
       const r = this.tls.read(out);

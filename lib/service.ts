@@ -157,13 +157,16 @@ export class Service {
   /**
    * Connects to the targets in failover order; logs each attempt as stunnel does. `redirect`:
    * to the `redirect` address instead (a peer that failed authentication), in its order.
+   * `chosen`: to these addresses instead (picked by a protocol negotiation), in their order.
    */
-  async connect(log: Logger, redirect = false): Promise<Deno.Conn> {
-    const targets = redirect && this.opts.redirect
+  async connect(log: Logger, redirect = false, chosen?: Address[]): Promise<Deno.Conn> {
+    const targets = chosen
+      ? await resolveAll(chosen, log)
+      : redirect && this.opts.redirect
       ? await resolveAll([this.opts.redirect], log)
       : this.targets ?? await resolveAll(this.opts.connect, log);
     // The delayed resolver means failover = prio (manual).
-    const start = !redirect && this.opts.failover === "rr" && !this.delay
+    const start = !chosen && !redirect && this.opts.failover === "rr" && !this.delay
       ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
       : 0;
     for (let i = 0; i < targets.length; i++) {

@@ -84,7 +84,8 @@ export interface ServiceOptions {
   protocol?: string;
   protocolAuthentication?: string;
   protocolDomain?: string;
-  protocolHeader?: string;
+  /** Extra header lines of a CONNECT request, in order. */
+  protocolHeader: string[];
   protocolHost?: string;
   protocolPassword?: string;
   protocolUsername?: string;

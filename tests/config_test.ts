@@ -95,6 +95,7 @@ Deno.test("table: repeatable options are exactly stunnel's list ones", () => {
       "engineCtrl",
       "OCSPflag",
       "options",
+      "protocolHeader",
       "sni",
       "socket",
     ].sort(),
