@@ -11,7 +11,7 @@ import {
   type System,
 } from "./options.ts";
 import type { Configuration, GlobalOptions, ServiceOptions, Where } from "./types.ts";
-import { checkProtocol, protocolImplemented } from "../protocols/mod.ts";
+import { checkProtocol, protocolImplemented, protocolIsEndpoint } from "../protocols/mod.ts";
 
 /** A configuration error whose message is already formatted the way stunnel logs it. */
 export class ConfigError extends Error {
@@ -336,6 +336,8 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
     service.transparent === "destination" || service.transparent === "both",
     // A secondary service is reached through its primary service's `accept`.
     service.sniVirtual !== undefined,
+    // A protocol that chooses the remote itself (socks in server mode).
+    protocolIsEndpoint(service),
   ].filter(Boolean).length;
   if (inetd) {
     if (service.accept) fail("'accept' option is only allowed in a [section]");

@@ -1069,8 +1069,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     ...protocol,
     store: toService("protocol"),
     note: "Implemented: smtp, pop3, imap, pgsql (both modes), connect (client mode, Basic " +
-      "authentication), proxy (server mode). cifs, ldap, nntp, socks and NTLM authentication " +
-      "are refused as not supported yet; a protocol* option the protocol does not use is an error.",
+      "authentication), proxy and socks (server mode), nntp and ldap (client mode). cifs, the " +
+      "socks client mode and NTLM authentication are refused as not supported yet; a protocol* " +
+      "option the protocol does not use is an error.",
     help: "protocol to negotiate before TLS initialization",
     helpMore: [
       "currently supported: cifs, connect, imap,",

@@ -94,7 +94,8 @@ export class Service {
 
   /** Resolves connect targets now, unless delayed; a failure switches to the delayed resolver. */
   async prepare(log: Logger): Promise<void> {
-    if (this.delay || this.targets) return;
+    // No `connect`: a protocol (socks) chooses the targets of each connection.
+    if (this.delay || this.targets || this.opts.connect.length === 0) return;
     try {
       this.targets = await resolveAll(this.opts.connect, log);
     } catch {

@@ -167,6 +167,8 @@ export type Phase = "early" | "middle" | "late";
 export interface Negotiation {
   /** Server mode: connect the remote before the TLS handshake on the local socket. */
   connectBeforeTls?: boolean;
+  /** The negotiation chooses the remote (socks): it replaces `connect` as an endpoint. */
+  endpoint?: boolean;
   /** The protocol* options this side uses; any other one set is a configuration error. */
   options?: readonly ProtocolOption[];
   early?(ctx: NegotiationContext): Promise<void>;

@@ -20,13 +20,16 @@ import { pop3 } from "./pop3.ts";
 import { proxy } from "./proxy.ts";
 import { smtp } from "./smtp.ts";
 import { connect } from "./connect.ts";
+import { socks } from "./socks.ts";
+import { nntp } from "./nntp.ts";
+import { ldap } from "./ldap.ts";
 
 export { Channel, ProtocolError } from "./channel.ts";
 export type { Negotiation, NegotiationContext, Phase } from "./channel.ts";
 
 /** The protocols implemented here, by name. */
 const REGISTRY: ReadonlyMap<string, Protocol> = new Map(
-  [smtp, proxy, pgsql, imap, pop3, connect].map((p) => [p.name, p]),
+  [smtp, proxy, pgsql, imap, pop3, connect, socks, nntp, ldap].map((p) => [p.name, p]),
 );
 
 /** Modes stunnel 5.68 itself does not support, with its error message. */
@@ -41,6 +44,11 @@ export function negotiationFor(opts: ServiceOptions): Negotiation | undefined {
   if (!opts.protocol) return undefined;
   const p = REGISTRY.get(opts.protocol.toLowerCase());
   return opts.client ? p?.client : p?.server;
+}
+
+/** True when the negotiation of `opts` chooses the remote, as an endpoint instead of `connect`. */
+export function protocolIsEndpoint(opts: ServiceOptions): boolean {
+  return negotiationFor(opts)?.endpoint === true;
 }
 
 /** True when `name` has an implementation in at least one mode (checked at its line). */

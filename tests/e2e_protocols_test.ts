@@ -616,8 +616,8 @@ e2e("protocol configuration errors name the line", {
   const pki = await makePki();
   const base = `${GLOBALS}[s]\naccept = 127.0.0.1:1\nconnect = 127.0.0.1:2\n${certLines(pki)}`;
   assertMatch(
-    await configError(base + "protocol = ldap\n"),
-    /bad\.conf:\d+: protocol 'ldap' is not supported yet/,
+    await configError(base + "protocol = cifs\n"),
+    /bad\.conf:\d+: protocol 'cifs' is not supported yet/,
   );
   assertMatch(
     await configError(base + "protocol = proxy\nprotocolUsername = x\n"),

@@ -1,0 +1,227 @@
+/**
+ * SOCKS inside TLS, server mode (stunnel 5.68's socks_server): SOCKS 4, 4a and 5 CONNECT to the
+ * address the client asks for, which replaces `connect` (a socks section has no `connect`). As in
+ * stunnel: the reply goes out before the target is connected (a refused connect closes the
+ * connection after a success reply), BIND is not supported, the SOCKS 4 USERID and the SOCKS 5
+ * reply's BND.ADDR are not used, loopback targets are refused, and the TOR RESOLVE extension
+ * (command 0xf0) is answered.
+ */
+import { lookup } from "node:dns/promises";
+import { isIPv4 } from "node:net";
+import type { Address } from "../lib/types.ts";
+import { type Channel, type NegotiationContext, type Protocol, ProtocolError } from "./channel.ts";
+
+const hex2 = (n: number) => `0x${n.toString(16).padStart(2, "0")}`;
+
+/** The answered-but-failed end of a request: logged already, no reset (stunnel's "2"). */
+const answered = () => new ProtocolError("", false);
+
+/** Text of a 4-byte IPv4 address. */
+function ipv4(b: Uint8Array): string {
+  return Array.from(b.subarray(0, 4)).join(".");
+}
+
+/** Text of a 16-byte IPv6 address (full form; parsed by the resolver as it is). */
+function ipv6(b: Uint8Array): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((b[i] << 8) | b[i + 1]).toString(16));
+  return new URL(`http://[${groups.join(":")}]/`).hostname.slice(1, -1); // compressed
+}
+
+function ipv4Bytes(text: string): number[] {
+  return text.split(".").map(Number);
+}
+
+function ipv6Bytes(text: string): number[] {
+  // Expands "::" and an embedded IPv4 tail.
+  let tail: number[] = [];
+  let t = text;
+  const lastColon = t.lastIndexOf(":");
+  if (isIPv4(t.slice(lastColon + 1))) {
+    tail = ipv4Bytes(t.slice(lastColon + 1));
+    t = `${t.slice(0, lastColon + 1)}0:0`;
+  }
+  const [head, rest] = t.includes("::") ? t.split("::") : [t, undefined];
+  const h = head ? head.split(":") : [];
+  const r = rest ? rest.split(":") : [];
+  const groups = rest === undefined ? h : [...h, ...Array(8 - h.length - r.length).fill("0"), ...r];
+  const out: number[] = [];
+  for (const g of groups) {
+    const v = parseInt(g, 16);
+    out.push(v >> 8, v & 0xff);
+  }
+  if (tail.length) out.splice(12, 4, ...tail);
+  return out;
+}
+
+/** All the addresses of `host` (stunnel's hostport2addrlist); empty when it does not resolve. */
+async function resolveAll(host: string): Promise<{ address: string; family: number }[]> {
+  try {
+    return await lookup(host, { all: true });
+  } catch {
+    return [];
+  }
+}
+
+/** stunnel's validate(): loopback targets are refused. */
+function validate(targets: { address: string; family: number }[], log: NegotiationContext["log"]) {
+  for (const t of targets) {
+    if (t.family === 6) {
+      if (ipv6Bytes(t.address).every((b, i) => b === (i === 15 ? 1 : 0))) {
+        log(3, "SOCKS connection to the IPv6 loopback rejected");
+        return false;
+      }
+    } else if (ipv4Bytes(t.address)[0] === 127) {
+      log(3, "SOCKS connection to the IPv4 loopback rejected");
+      return false;
+    }
+  }
+  return true;
+}
+
+const tcp = (host: string, port: number): Address => ({ kind: "tcp", host, port });
+
+/** SOCKS 4 and 4a (the version byte was read). */
+async function socks4(ch: Channel, ctx: NegotiationContext): Promise<void> {
+  const { log } = ctx;
+  const req = await ch.readBytes(7); // CD, DSTPORT, DSTIP
+  await ch.readString(); // USERID: ignored
+  const reply = new Uint8Array(8);
+  reply.set(req, 1); // VN 0, then the request's port and address
+  const port = (req[1] << 8) | req[2];
+  const addr = (req[3] << 24 | req[4] << 16 | req[5] << 8 | req[6]) >>> 0;
+  let ok = false;
+  if (req[0] === 0x01) { // CONNECT
+    let targets: { address: string; family: number }[];
+    if (addr > 0 && addr < 256) { // 0.0.0.x: SOCKS 4a, a host name follows
+      const host = await ch.readString();
+      targets = await resolveAll(host);
+      if (targets.length) log(6, `SOCKS4a resolved "${host}" to ${targets.length} host(s)`);
+      else log(3, `SOCKS4a failed to resolve "${host}"`);
+    } else {
+      targets = [{ address: ipv4(req.subarray(3)), family: 4 }];
+      log(6, "SOCKS4 address received");
+    }
+    ok = targets.length > 0 && validate(targets, log);
+    if (ok) ctx.setTargets(targets.map((t) => tcp(t.address, port)));
+  } else if (req[0] === 0xf0) { // RESOLVE (a TOR extension)
+    const host = await ch.readString();
+    const found = (await resolveAll(host))[0];
+    if (found?.family === 4) {
+      reply.set(ipv4Bytes(found.address), 4);
+      log(6, `SOCKS4a/TOR resolved "${host}"`);
+      ok = true;
+    } else log(3, `SOCKS4a/TOR failed to resolve "${host}"`);
+  } else {
+    log(3, `Unsupported SOCKS4/SOCKS4a command ${hex2(req[0])}`);
+  }
+  reply[1] = ok ? 90 : 91; // granted : rejected or failed
+  await ch.writeBytes(reply);
+  if (!ok || req[0] !== 0x01) throw answered();
+}
+
+/** SOCKS 5 method selection: only NO AUTHENTICATION REQUIRED. */
+async function socks5Method(ch: Channel, ctx: NegotiationContext): Promise<void> {
+  const [n] = await ch.readBytes(1);
+  const methods = await ch.readBytes(n);
+  const method = methods.includes(0x00) ? 0x00 : 0xff;
+  await ch.writeBytes(Uint8Array.of(0x05, method));
+  if (method !== 0x00) {
+    ctx.log(3, "No supported SOCKS5 authentication method received");
+    throw answered();
+  }
+}
+
+/** A SOCKS 5 DOMAINNAME and port. */
+async function domainAndPort(ch: Channel): Promise<[string, number]> {
+  const [len] = await ch.readBytes(1);
+  const host = new TextDecoder("latin1").decode(await ch.readBytes(len));
+  const p = await ch.readBytes(2);
+  return [host, (p[0] << 8) | p[1]];
+}
+
+/** A SOCKS 5 request; the reply keeps the request's address family where it can. */
+async function socks5(ch: Channel, ctx: NegotiationContext): Promise<void> {
+  const { log } = ctx;
+  // VER REP RSV ATYP, then an IPv4 (4+2) or IPv6 (16+2) address; zeros unless set.
+  const reply = new Uint8Array(22);
+  reply.set(await ch.readBytes(4));
+  const [ver, cmd, , atyp] = reply;
+  let ok = false;
+  let rep = 0x01; // general SOCKS server failure
+  if (ver !== 0x05) {
+    log(3, `Invalid SOCKS5 message version ${hex2(ver)}`);
+    reply[0] = 0x05;
+  } else if (cmd === 0x01) { // CONNECT
+    let targets: { address: string; family: number }[] | undefined;
+    let port = 0;
+    if (atyp === 0x01) {
+      reply.set(await ch.readBytes(6), 4);
+      targets = [{ address: ipv4(reply.subarray(4)), family: 4 }];
+      port = (reply[8] << 8) | reply[9];
+      log(6, "SOCKS5 IPv4 address received");
+    } else if (atyp === 0x03) {
+      const [host, p] = await domainAndPort(ch);
+      port = p;
+      targets = await resolveAll(host);
+      if (targets.length) log(6, `SOCKS5 resolved "${host}" to ${targets.length} host(s)`);
+      else {
+        log(3, `SOCKS5 failed to resolve "${host}"`);
+        rep = 0x04; // host unreachable
+        targets = undefined;
+      }
+    } else if (atyp === 0x04) {
+      reply.set(await ch.readBytes(18), 4);
+      targets = [{ address: ipv6(reply.subarray(4)), family: 6 }];
+      port = (reply[20] << 8) | reply[21];
+      log(6, "SOCKS5 IPv6 address received");
+    } else {
+      log(3, `Unsupported SOCKS5 address type ${hex2(atyp)}`);
+      rep = 0x07; // address type not supported
+    }
+    if (targets) {
+      ok = validate(targets, log);
+      rep = ok ? 0x00 : 0x02; // succeeded : connection not allowed by ruleset
+      if (ok) ctx.setTargets(targets.map((t) => tcp(t.address, port)));
+    }
+  } else if (cmd === 0xf0) { // RESOLVE (a TOR extension)
+    const [host] = await domainAndPort(ch);
+    const found = (await resolveAll(host))[0];
+    rep = 0x04; // host unreachable
+    if (found) {
+      const v6 = found.family === 6;
+      log(6, `SOCKS5/TOR resolved "${host}" to ${v6 ? "IPv6" : "IPv4"}`);
+      reply.set(v6 ? ipv6Bytes(found.address) : ipv4Bytes(found.address), 4);
+      reply[3] = v6 ? 0x04 : 0x01;
+      rep = 0x00;
+    } else log(3, `SOCKS5/TOR failed to resolve "${host}"`);
+  } else {
+    log(3, `Unsupported SOCKS5 command ${hex2(cmd)}`);
+    rep = 0x07; // command not supported
+  }
+  reply[1] = rep;
+  if (reply[3] === 0x04) await ch.writeBytes(reply);
+  else {
+    reply[3] = 0x01;
+    await ch.writeBytes(reply.slice(0, 10));
+  }
+  if (!ok) throw answered();
+}
+
+export const socks: Protocol = {
+  name: "socks",
+  server: {
+    endpoint: true,
+    /** Inside TLS, before the connect: the request chooses the target. */
+    async middle(ctx) {
+      const ch = ctx.tls!;
+      ctx.log(7, "Waiting for the SOCKS request");
+      const [version] = await ch.readBytes(1);
+      if (version === 4) await socks4(ch, ctx);
+      else if (version === 5) {
+        await socks5Method(ch, ctx);
+        await socks5(ch, ctx);
+      } else throw new ProtocolError(`Unsupported SOCKS version ${hex2(version)}`);
+    },
+  },
+};

@@ -1,0 +1,479 @@
+/**
+ * End-to-end: `protocol =` negotiations, part 2: socks (server mode, the manual's SOCKS VPN),
+ * nntp and ldap (client mode) against scripted peers, each checked against stunnel4.
+ *
+ * stunnel 5.68 refuses SOCKS targets on the loopback (127.0.0.0/8, ::1), so the successful
+ * requests here reach the loopback backends as 0.0.0.0 and ::ffff:127.0.0.1, which Linux
+ * delivers locally and stunnel's check lets through.
+ *
+ * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_protocols2_test.ts
+ */
+
+import { createServer, type Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  decode,
+  e2e,
+  echoServer,
+  encode,
+  freePorts,
+  GLOBALS,
+  httpServer,
+  makePki,
+  type Pki,
+  readExactly,
+  run,
+  runProxy,
+  type Scope,
+  startProxy,
+  startStunnel4,
+  tcpConnect,
+  tlsConnect,
+  waitClosed,
+  writeAll,
+} from "./helpers.ts";
+
+const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
+
+// ------------------------------------------------------------------------------- socks
+
+/** A socks server-mode service: no `connect`, the SOCKS request chooses the target. */
+function socksServerConf(pki: Pki, accept: number): string {
+  return GLOBALS + `[socks]\naccept = 127.0.0.1:${accept}\n${certLines(pki)}protocol = socks\n`;
+}
+
+/** The client side of the manual's SOCKS VPN: plain SOCKS in, TLS to the socks service. */
+function socksClientConf(pki: Pki, accept: number, connect: number): string {
+  return GLOBALS +
+    `[socks-client]\nclient = yes\naccept = 127.0.0.1:${accept}\n` +
+    `connect = 127.0.0.1:${connect}\nCAfile = ${pki.ca}\nverifyChain = yes\n` +
+    `checkHost = localhost\n`;
+}
+
+async function curlSocks(args: string[]): Promise<{ code: number; body: string; err: string }> {
+  const r = await run(["curl", "-sS", "--max-time", "10", ...args], 15_000);
+  return { code: r.code, body: r.stdout, err: r.stderr };
+}
+
+e2e("socks VPN: curl -> client service -> socks service -> HTTP backend", {
+  timeoutMs: 50_000,
+}, async () => {
+  const pki = await makePki();
+  const backend = httpServer("hello through socks\n");
+  const b = backend.port;
+  // The client-mode side by our proxy and by stunnel4; the socks service is the proxy under test.
+  for (const start of [startProxy, startStunnel4]) {
+    const [sPort, cPort] = freePorts(2);
+    const server = await startProxy(socksServerConf(pki, sPort));
+    await start(socksClientConf(pki, cPort, sPort));
+    const socks = `127.0.0.1:${cPort}`;
+    for (
+      const args of [
+        ["--socks4a", socks, `http://0.0.0.0:${b}/`],
+        ["--socks4", socks, `http://0.0.0.0:${b}/`],
+        ["--socks5-hostname", socks, `http://0.0.0.0:${b}/`],
+        ["--socks5", socks, `http://0.0.0.0:${b}/`],
+        ["--socks5", socks, `http://[::ffff:127.0.0.1]:${b}/`],
+      ]
+    ) {
+      const r = await curlSocks(args);
+      assertEquals(r.code, 0, `${args.join(" ")}: ${r.err}`);
+      assertEquals(r.body, "hello through socks\n", args.join(" "));
+    }
+    await server.waitForLog(/SOCKS4a resolved "0\.0\.0\.0" to 1 host\(s\)/);
+    await server.waitForLog(/SOCKS4 address received/);
+    await server.waitForLog(/SOCKS5 IPv6 address received/);
+    // The loopback itself is refused, with SOCKS 4's and SOCKS 5's "not allowed" replies.
+    const v4a = await curlSocks(["--socks4a", socks, `http://127.0.0.1:${b}/`]);
+    assertEquals(v4a.code, 97, v4a.err);
+    assertMatch(v4a.err, /\(91\)/);
+    const v5h = await curlSocks(["--socks5-hostname", socks, `http://localhost:${b}/`]);
+    assertEquals(v5h.code, 97, v5h.err);
+    assertMatch(v5h.err, /\(2\)/);
+    await server.waitForLog(/SOCKS connection to the IPv4 loopback rejected/);
+    await server.stop();
+  }
+});
+
+/** A TLS connection to the socks service; writes `request`. */
+async function socksRaw(port: number, pki: Pki, request: number[]): Promise<Deno.TlsConn> {
+  const conn = await tlsConnect(port, pki.caPem);
+  await writeAll(conn, Uint8Array.from(request));
+  return conn;
+}
+
+const be16 = (n: number) => [n >> 8, n & 0xff];
+
+e2e("socks: raw SOCKS 4 and 5 requests, the replies, and the data after them", {}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const proxy = await startProxy(socksServerConf(pki, port));
+  // SOCKS 4 CONNECT with a USERID: reply VN 0, CD 90, the request's port and address.
+  let conn = await socksRaw(port, pki, [4, 1, ...be16(echo.port), 0, 0, 0, 0, 0x75, 0x73, 0]);
+  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(echo.port), 0, 0, 0, 0]);
+  await writeAll(conn, encode("ping4"));
+  assertEquals(decode(await readExactly(conn, 5)), "ping4");
+  conn.close();
+  // SOCKS 5: methods (GSSAPI, none), then CONNECT to a domain name, data in the same write.
+  const host = [...encode("0.0.0.0")];
+  conn = await socksRaw(port, pki, [
+    5,
+    2,
+    1,
+    0,
+    ...[5, 1, 0, 3, host.length, ...host, ...be16(echo.port)],
+    ...encode("ping5"),
+  ]);
+  assertEquals([...await readExactly(conn, 2)], [5, 0]);
+  assertEquals([...await readExactly(conn, 10)], [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+  assertEquals(decode(await readExactly(conn, 5)), "ping5");
+  conn.close();
+  // SOCKS 5 IPv6: the reply keeps the family and echoes the address.
+  const v6 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+  conn = await socksRaw(port, pki, [5, 1, 0, 5, 1, 0, 4, ...v6, ...be16(echo.port)]);
+  assertEquals([...await readExactly(conn, 2)], [5, 0]);
+  assertEquals([...await readExactly(conn, 22)], [5, 0, 0, 4, ...v6, ...be16(echo.port)]);
+  await writeAll(conn, encode("ping6"));
+  assertEquals(decode(await readExactly(conn, 5)), "ping6");
+  conn.close();
+  await proxy.waitForLog(/SOCKS5 resolved "0\.0\.0\.0" to 1 host\(s\)/);
+});
+
+e2e("socks hostile requests: version, methods, address type, commands, refused target", {
+  timeoutMs: 40_000,
+}, async () => {
+  const pki = await makePki();
+  const [port, dead] = freePorts(2);
+  const proxy = await startProxy(socksServerConf(pki, port));
+  const expectReply = async (request: number[], reply: number[]) => {
+    const conn = await socksRaw(port, pki, request);
+    assertEquals([...await readExactly(conn, reply.length)], reply, `reply to ${request}`);
+    await waitClosed(conn);
+    conn.close();
+  };
+  // An unknown version: no reply at all, the connection is dropped.
+  let conn = await socksRaw(port, pki, [6, 1, 0, 0]);
+  const got = await readExactly(conn, 1).then((b) => [...b], () => []);
+  assertEquals(got, [], "no reply to an unknown version");
+  conn.close();
+  await proxy.waitForLog(/Unsupported SOCKS version 0x06/);
+  // No acceptable SOCKS 5 method (only username/password offered).
+  await expectReply([5, 1, 2], [5, 0xff]);
+  await proxy.waitForLog(/No supported SOCKS5 authentication method received/);
+  // A bad address type: "address type not supported".
+  await expectReply([5, 1, 0, 5, 1, 0, 9], [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+  await proxy.waitForLog(/Unsupported SOCKS5 address type 0x09/);
+  // A bad version in the SOCKS 5 request: "general SOCKS server failure".
+  await expectReply([5, 1, 0, 4, 1, 0, 1], [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+  await proxy.waitForLog(/Invalid SOCKS5 message version 0x04/);
+  // BIND is not supported, in either version.
+  await expectReply([5, 1, 0, 5, 2, 0, 1], [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+  await proxy.waitForLog(/Unsupported SOCKS5 command 0x02/);
+  await expectReply([4, 2, 0, 80, 1, 2, 3, 4, 0], [0, 91, 0, 80, 1, 2, 3, 4]);
+  await proxy.waitForLog(/Unsupported SOCKS4\/SOCKS4a command 0x02/);
+  // The loopback and an unresolvable name.
+  await expectReply([4, 1, 0, 80, 127, 0, 0, 1, 0], [0, 91, 0, 80, 127, 0, 0, 1]);
+  await expectReply(
+    [5, 1, 0, 5, 1, 0, 4, ...Array(15).fill(0), 1, 0, 80],
+    [5, 0, 5, 2, 0, 4, ...Array(15).fill(0), 1, 0, 80],
+  );
+  await proxy.waitForLog(/SOCKS connection to the IPv6 loopback rejected/);
+  const bad = [...encode("no-such-host.invalid")];
+  await expectReply(
+    [5, 1, 0, 5, 1, 0, 3, bad.length, ...bad, 0, 80],
+    [5, 0, 5, 4, 0, 1, 0, 0, 0, 0, 0, 0],
+  );
+  await proxy.waitForLog(/SOCKS5 failed to resolve "no-such-host\.invalid"/);
+  // stunnel answers before it connects: a refused target gets a success reply, then the close.
+  conn = await socksRaw(port, pki, [4, 1, ...be16(dead), 0, 0, 0, 0, 0]);
+  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(dead), 0, 0, 0, 0]);
+  await waitClosed(conn);
+  conn.close();
+  await proxy.waitForLog(/s_connect: connect 0\.0\.0\.0:\d+: Connection refused \(111\)/);
+});
+
+async function configError(text: string): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/bad.conf`, text);
+    const r = await runProxy([`${dir}/bad.conf`]);
+    assert(r.code !== 0, "the configuration was accepted");
+    return r.stdout + r.stderr;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+e2e(
+  "socks configuration: the protocol is the second endpoint, `connect` is one too many",
+  {},
+  async () => {
+    const pki = await makePki();
+    const base = `${GLOBALS}[s]\naccept = 127.0.0.1:1\n${certLines(pki)}protocol = socks\n`;
+    assertMatch(
+      await configError(base + "connect = 127.0.0.1:2\n"),
+      /Service \[s\]: Each service must define two endpoints/,
+    );
+  },
+);
+
+// ------------------------------------------------------------------------------- nntp, ldap
+
+/** A node socket read by lines or bytes, until it is upgraded to TLS (then it echoes). */
+class Peer {
+  private buf = Buffer.alloc(0);
+  private waiters: (() => void)[] = [];
+  private ended = false;
+  private readonly onData = (d: Buffer) => {
+    this.buf = Buffer.concat([this.buf, d]);
+    this.wake();
+  };
+
+  constructor(readonly sock: Socket) {
+    sock.on("data", this.onData);
+    for (const ev of ["end", "error"]) {
+      sock.on(ev, () => {
+        this.ended = true;
+        this.wake();
+      });
+    }
+  }
+
+  private wake() {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private async need(pred: () => boolean): Promise<void> {
+    while (!pred()) {
+      if (this.ended) throw new Error("peer closed");
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  async line(): Promise<string> {
+    await this.need(() => this.buf.includes(10));
+    const i = this.buf.indexOf(10);
+    const line = this.buf.subarray(0, i).toString("latin1").replace(/\r$/, "");
+    this.buf = this.buf.subarray(i + 1);
+    return line;
+  }
+
+  async bytes(n: number): Promise<number[]> {
+    await this.need(() => this.buf.length >= n);
+    const out = [...this.buf.subarray(0, n)];
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+
+  write(data: string | number[]): void {
+    this.sock.write(typeof data === "string" ? `${data}\r\n` : Uint8Array.from(data));
+  }
+
+  /** TLS server on this socket (nothing may be buffered); echoes until the client closes. */
+  upgradeEcho(pki: Pki): Promise<void> {
+    assertEquals(this.buf.length, 0, "bytes before the TLS handshake");
+    this.sock.off("data", this.onData);
+    this.sock.pause();
+    const tls = new TLSSocket(this.sock, {
+      isServer: true,
+      cert: Deno.readTextFileSync(pki.serverEc.cert),
+      key: Deno.readTextFileSync(pki.serverEc.key),
+    });
+    tls.on("data", (d) => tls.write(d));
+    return new Promise((resolve) => {
+      tls.on("close", () => resolve());
+      tls.on("error", () => resolve());
+      tls.on("end", () => tls.end());
+    });
+  }
+}
+
+/** A scripted server on loopback: `script` runs per connection; closed with the test. */
+async function peerServer(
+  scope: Scope,
+  script: (peer: Peer) => Promise<void>,
+): Promise<{ port: number; failures: unknown[] }> {
+  const failures: unknown[] = [];
+  const server = createServer((sock) => {
+    script(new Peer(sock)).catch((e) => failures.push(e)).finally(() => sock.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  scope.defer(() => server.close());
+  const addr = server.address();
+  return { port: typeof addr === "object" && addr ? addr.port : 0, failures };
+}
+
+function clientConf(pki: Pki, accept: number, connect: number, protocol: string): string {
+  return GLOBALS +
+    `[c]\nclient = yes\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${connect}\n` +
+    `CAfile = ${pki.ca}\nverifyChain = yes\ncheckHost = localhost\nprotocol = ${protocol}\n`;
+}
+
+/** Reads one CR LF line from a plain connection, byte by byte. */
+async function readLine(conn: Deno.Conn): Promise<string> {
+  const bytes: number[] = [];
+  for (;;) {
+    const [b] = await readExactly(conn, 1);
+    if (b === 10) break;
+    bytes.push(b);
+  }
+  if (bytes.at(-1) === 13) bytes.pop();
+  return decode(Uint8Array.from(bytes));
+}
+
+async function echoOver(conn: Deno.Conn, message: string): Promise<void> {
+  await writeAll(conn, encode(message));
+  assertEquals(decode(await readExactly(conn, encode(message).length)), message);
+}
+
+/** Nothing arrives before the proxy closes the connection. */
+async function expectNothing(conn: Deno.Conn): Promise<void> {
+  const got = await readExactly(conn, 1).then((b) => [...b], () => []);
+  assertEquals(got, [], "no data expected");
+  conn.close();
+}
+
+e2e("nntp client mode: greeting relayed, STARTTLS, 382, then TLS", {}, async (s) => {
+  const pki = await makePki();
+  const commands: string[] = [];
+  const server = await peerServer(s, async (peer) => {
+    peer.write("200 news.example.org InterNetNews NNRP server INN 2.7.1 ready (posting ok)");
+    commands.push(await peer.line());
+    peer.write("382 Continue with TLS negotiation");
+    await peer.upgradeEcho(pki);
+  });
+  const [port] = freePorts(1);
+  await startProxy(clientConf(pki, port, server.port, "nntp"));
+  const conn = await tcpConnect(port);
+  assertEquals(
+    await readLine(conn),
+    "200 news.example.org InterNetNews NNRP server INN 2.7.1 ready (posting ok)",
+  );
+  await echoOver(conn, "GROUP comp.lang.c\r\n");
+  conn.close();
+  assertEquals(commands, ["STARTTLS"]);
+  assertEquals(server.failures, []);
+});
+
+e2e("nntp hostile servers: an unknown greeting, STARTTLS refused", {}, async (s) => {
+  const pki = await makePki();
+  let refuse = false;
+  const server = await peerServer(s, async (peer) => {
+    if (!refuse) {
+      peer.write("400 news.example.org temporarily unavailable");
+      await peer.line().catch(() => {});
+      return;
+    }
+    peer.write("201 news.example.org ready (no posting)");
+    await peer.line();
+    peer.write("580 Can not initiate TLS negotiation");
+    await peer.line().catch(() => {});
+  });
+  const [port] = freePorts(1);
+  const proxy = await startProxy(clientConf(pki, port, server.port, "nntp"));
+  await expectNothing(await tcpConnect(port));
+  await proxy.waitForLog(/LOG3\[[^\]]*\]: Unknown server welcome/);
+  refuse = true;
+  const conn = await tcpConnect(port);
+  assertEquals(await readLine(conn), "201 news.example.org ready (no posting)");
+  await expectNothing(conn);
+  await proxy.waitForLog(/LOG3\[[^\]]*\]: Server does not support TLS/);
+});
+
+/** The StartTLS ExtendedRequest: messageID 1, the OID 1.3.6.1.4.1.1466.20037. */
+const LDAP_STARTTLS = [
+  0x30,
+  0x1d,
+  ...[0x02, 0x01, 0x01],
+  ...[0x77, 0x18, 0x80, 0x16, ...encode("1.3.6.1.4.1.1466.20037")],
+];
+
+/** An ExtendedResponse with `result`, an empty matchedDN and diagnosticMessage. */
+function ldapResponse(result: number, opts: { id?: number; winldap?: boolean } = {}): number[] {
+  const op = [0x0a, 0x01, result, 0x04, 0x00, 0x04, 0x00];
+  const len = (n: number) => opts.winldap ? [0x84, 0, 0, 0, n] : [n];
+  const body = [0x02, 0x01, opts.id ?? 1, 0x78, ...len(op.length), ...op];
+  return [0x30, ...len(body.length), ...body];
+}
+
+e2e(
+  "ldap client mode: StartTLS extended operation, then TLS (also WinLDAP lengths)",
+  {},
+  async (s) => {
+    const pki = await makePki();
+    const requests: number[][] = [];
+    let winldap = false;
+    const server = await peerServer(s, async (peer) => {
+      requests.push(await peer.bytes(LDAP_STARTTLS.length));
+      peer.write(ldapResponse(0, { winldap }));
+      await peer.upgradeEcho(pki);
+    });
+    const [port] = freePorts(1);
+    const proxy = await startProxy(clientConf(pki, port, server.port, "ldap"));
+    for (const w of [false, true]) {
+      winldap = w;
+      const conn = await tcpConnect(port);
+      // An LDAP bind request, as a client would send it after StartTLS.
+      await echoOver(conn, "\x30\x0c\x02\x01\x02\x60\x07\x02\x01\x03\x04\x00\x80\x00");
+      conn.close();
+    }
+    assertEquals(requests, [LDAP_STARTTLS, LDAP_STARTTLS]);
+    assertEquals(server.failures, []);
+    await proxy.waitForLogCount(/LDAP Start TLS successfully negotiated/, 2);
+  },
+);
+
+e2e("ldap hostile servers: an error result, a wrong message ID, not a SEQUENCE", {
+  timeoutMs: 40_000,
+}, async (s) => {
+  const pki = await makePki();
+  let reply: number[] = [];
+  const server = await peerServer(s, async (peer) => {
+    await peer.bytes(LDAP_STARTTLS.length);
+    peer.write(reply);
+    await peer.bytes(1).catch(() => {});
+  });
+  const [port] = freePorts(1);
+  const proxy = await startProxy(clientConf(pki, port, server.port, "ldap"));
+  const cases: [number[], RegExp][] = [
+    [ldapResponse(2), /LDAP response has indicated an error \(2\)/],
+    [ldapResponse(0, { id: 2 }), /LDAP response has an unexpected message ID value/],
+    [[0x31, 0x03, 0x02, 0x01, 0x01], /LDAP response is not UNIVERSAL SEQUENCE/],
+    [[0x30, 0x84, 0, 0, 1, 0], /LDAP response too long \(256 byte\(s\)\)/],
+    [[0x30, 0x05, 0x02, 0x01, 0x01, 0x65, 0x00], /protocol op is not ExtendedResponse/],
+  ];
+  for (const [bytes, log] of cases) {
+    reply = bytes;
+    await expectNothing(await tcpConnect(port));
+    await proxy.waitForLog(log);
+  }
+});
+
+e2e("protocol configuration: nntp and ldap are refused in the server mode", {}, async () => {
+  const pki = await makePki();
+  const base = `${GLOBALS}[s]\naccept = 127.0.0.1:1\nconnect = 127.0.0.1:2\n${certLines(pki)}`;
+  assertMatch(
+    await configError(base + "protocol = nntp\n"),
+    /The 'nntp' protocol is not supported in the server mode/,
+  );
+  assertMatch(
+    await configError(base + "protocol = ldap\n"),
+    /The 'ldap' protocol is not supported in the server mode/,
+  );
+});
+
+e2e("socks client mode is refused as not supported yet", {
+  extra: "stunnel 5.68 has a socks client mode (SOCKS 5 to the transparent destination)",
+}, async () => {
+  const base = `${GLOBALS}[c]\nclient = yes\naccept = 127.0.0.1:1\nconnect = 127.0.0.1:2\n`;
+  assertMatch(
+    await configError(base + "protocol = socks\n"),
+    /bad\.conf:\d+: protocol 'socks' is not supported yet in the client mode/,
+  );
+});
