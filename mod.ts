@@ -4,6 +4,7 @@
 import { ConfigError, describeSource, loadConfig, parseConfigText } from "./lib/config.ts";
 import { newRuntime, StartError } from "./lib/daemon.ts";
 import { cstr, lib, O_RDWR, opensslVersion } from "./lib/ffi.ts";
+import { runInetd } from "./lib/inetd.ts";
 import { early, LogSink } from "./lib/log.ts";
 import { Supervisor } from "./lib/supervisor.ts";
 import type { Configuration } from "./lib/types.ts";
@@ -59,10 +60,7 @@ export async function run(source: ConfigSource): Promise<number> {
   if (config.global.foreground === "no" && !detached && !config.inetd) {
     return await detach();
   }
-  if (config.inetd) {
-    early(3, "inetd mode (a configuration without [service] sections) is not supported yet");
-    return 1;
-  }
+  if (config.inetd) return await runInetd(config, versionLines());
   if (detached) lib().libc.setsid();
   const sink = new LogSink(config.global, config.global.foreground === "yes" ? 7 : -1);
   // A detached daemon's launcher shows the errors of its start-up only if it fails.

@@ -7,6 +7,8 @@ import { resetNow } from "./reset.ts";
 import { checkPeerOcsp } from "./ocsp.ts";
 import { attachSni } from "./sni.ts";
 import { TlsError } from "./tls.ts";
+import type { TlsConnection } from "./tls.ts";
+import { execEnvironment, spawnExec } from "./exec.ts";
 import { peerAuthenticated } from "./verify.ts";
 import type { Address } from "./types.ts";
 import {
@@ -149,8 +151,7 @@ export class Connection {
     this.streams.push(local);
     await this.negotiate(negotiation, "early", { local });
     if (opts.client) {
-      const remote = new PlainStream(await this.connectRemote());
-      this.streams.push(remote);
+      const remote = await this.openRemote(undefined);
       await this.negotiate(negotiation, "middle", { local, remote });
       const sni = service.sniName();
       this.log(6, sni ? `SNI: sending servername: ${sni}` : "SNI: extension disabled");
@@ -163,8 +164,7 @@ export class Connection {
     } else {
       let remote: PlainStream | undefined;
       if (negotiation?.connectBeforeTls) {
-        remote = new PlainStream(await this.connectRemote());
-        this.streams.push(remote);
+        remote = await this.openRemote(undefined);
         await this.negotiate(negotiation, "middle", { local, remote });
       }
       const tls = new TlsStream(local, service.tls.newConnection(undefined, this.log));
@@ -174,8 +174,7 @@ export class Connection {
       await this.handshake(tls);
       if (!remote) {
         await this.negotiate(negotiation, "middle", { tls });
-        remote = new PlainStream(await this.connectRemote());
-        this.streams.push(remote);
+        remote = await this.openRemote(tls.tls);
       }
       await this.negotiate(negotiation, "late", { tls, remote });
       await this.transfer(tls, remote);
@@ -247,6 +246,27 @@ export class Connection {
       this.redirected = true;
       log(5, "Redirecting connection");
     }
+  }
+
+  /**
+   * The remote side: the `exec` program (local mode) when the service has no `connect`, else a
+   * connection to `connect` (or to the redirect or negotiated targets). `tls`: the handshake
+   * whose peer certificate the program learns about.
+   */
+  private async openRemote(tls: TlsConnection | undefined): Promise<PlainStream> {
+    const opts = this.service.opts;
+    const local = opts.exec !== undefined && opts.connect.length === 0 && !this.targets &&
+      !this.redirected;
+    const conn = local
+      ? spawnExec(
+        opts,
+        execEnvironment(this.local.remoteAddr, tls),
+        this.log,
+      ) as unknown as Deno.Conn
+      : await this.connectRemote();
+    const remote = new PlainStream(conn);
+    this.streams.push(remote);
+    return remote;
   }
 
   private async connectRemote(): Promise<Deno.Conn> {

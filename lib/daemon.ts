@@ -4,6 +4,7 @@
  */
 import { formatAddress } from "./address.ts";
 import { Connection } from "./connection.ts";
+import { execEnvironment, isExecConnect, spawnExec } from "./exec.ts";
 import { type Logger, LogSink } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
 import { newRoundRobin, Service } from "./service.ts";
@@ -71,6 +72,8 @@ export class Daemon {
   private readonly connections = new Set<Connection>();
   /** Which service each listening socket accepts for. */
   private readonly owners = new Map<Deno.Listener, Service>();
+  /** connect+exec sections whose program runs (or is restarted: `retry`). */
+  private readonly execLoops = new Set<Service>();
   private readonly timer: ReturnType<typeof setInterval>;
   private stopping = false;
 
@@ -104,9 +107,19 @@ export class Daemon {
    */
   private async bindAll(services: Service[]): Promise<void> {
     const bound: Service[] = [];
+    /** connect+exec sections to start once everything is bound. */
+    const programs: Service[] = [];
     for (const service of services) {
       await service.prepare(this.log);
-      if (service.listener) continue;
+      if (service.listener || this.execLoops.has(service)) continue;
+      if (isExecConnect(service.opts)) {
+        // A connect+exec section: no listener; its program is started now (the main thread's).
+        if (!this.runtime.worker) {
+          this.execLoops.add(service);
+          programs.push(service);
+        }
+        continue;
+      }
       if (isSecondaryOnly(service)) {
         this.log(7, `Skipped SNI secondary service [${service.name}]`);
         continue;
@@ -119,6 +132,7 @@ export class Daemon {
         const where = a ? formatAddress(a) : "";
         this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
         for (const s of bound) s.unbind(this.log);
+        for (const s of programs) this.execLoops.delete(s);
         throw new StartError("Binding failed");
       }
     }
@@ -126,6 +140,30 @@ export class Daemon {
       if (service.listener) this.owners.set(service.listener, service);
     }
     for (const service of bound) void this.acceptLoop(service.listener!);
+    for (const service of programs) void this.execConnectLoop(service);
+  }
+
+  /**
+   * A connect+exec section: the program is the local side of one connection to `connect`;
+   * with `retry = yes` it is started again a second after each connection ends, as long as the
+   * section is configured.
+   */
+  private async execConnectLoop(service: Service): Promise<void> {
+    for (;;) {
+      const id = this.connectionId(service.opts.logId);
+      const log = this.sink.bind(id, service.opts.debugLevel);
+      const program = spawnExec(
+        service.opts,
+        execEnvironment({ transport: "unix", path: "" } as Deno.UnixAddr, undefined),
+        log,
+      );
+      await this.handle(service, program as unknown as Deno.Conn, log);
+      if (!service.opts.retry || this.stopping || !this.execLoops.has(service)) break;
+      log(6, "Retrying an exec+connect section");
+      await new Promise((r) => setTimeout(r, 1000));
+      if (this.stopping || !this.execLoops.has(service)) break;
+    }
+    this.execLoops.delete(service);
   }
 
   /** Accepts for whichever service owns the listener now (a reload may hand it over). */
@@ -146,11 +184,12 @@ export class Daemon {
         conn.close();
         return;
       }
-      this.handle(owner, conn);
+      void this.handle(owner, conn);
     }
   }
 
   private unbind(service: Service): void {
+    this.execLoops.delete(service);
     if (service.listener) this.owners.delete(service.listener);
     service.unbind(this.log);
   }
@@ -167,12 +206,14 @@ export class Daemon {
     }
   }
 
-  private handle(service: Service, conn: Deno.Conn): void {
-    const id = this.connectionId(service.opts.logId);
-    const log = this.sink.bind(id, service.opts.debugLevel);
+  private handle(
+    service: Service,
+    conn: Deno.Conn,
+    log = this.sink.bind(this.connectionId(service.opts.logId), service.opts.debugLevel),
+  ): Promise<void> {
     const connection = new Connection(service, conn, log);
     this.connections.add(connection);
-    connection.run().finally(() => {
+    return connection.run().finally(() => {
       this.connections.delete(connection);
       // The connection's service now: SNI may have handed it to a secondary service.
       log(7, `Service [${connection.service.name}] finished (${this.connections.size} left)`);

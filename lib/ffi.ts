@@ -298,6 +298,8 @@ const libcSymbols = {
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // psk.ts, session.ts: writes into buffers OpenSSL hands to a callback
   memcpy: { parameters: ["pointer", "buffer", "usize"], result: "pointer" },
+  // exec.ts / inetd.ts: half-close of a socket on stdout (inetd mode)
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type SslLib = Deno.DynamicLibrary<typeof sslSymbols>["symbols"];

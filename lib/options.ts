@@ -925,20 +925,26 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "exec",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "EXECUTABLE_PATH",
     store: toService("exec"),
     help: "file execute local inetd-type program",
+    note: "The program's stdin/stdout are pipes (stunnel: a socket pair), its stderr is ours. " +
+      "A program that cannot be started is logged (`Cannot execute PATH: ...`) and then ends " +
+      "the connection as one that exits at once. A connect+exec section logs its local side " +
+      'as "accepted connection from unnamed socket" (stunnel: a loopback address).',
   }),
   define({
     name: "execArgs",
     scope: "service",
-    status: "later",
+    status: "supported",
     syntax: "$0 $1 $2 ...",
     parse: (raw) => raw.split(/\s+/).filter((arg) => arg !== ""),
     store: toService("execArgs"),
     help: "arguments for 'exec' (including $0)",
+    note: "A `$0` other than the `exec` path is set through `bash -c 'exec -a ...'` (Deno " +
+      "cannot set argv[0]); the shell replaces itself with the program.",
   }),
   define({
     name: "failover",
@@ -1200,7 +1206,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "retry",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toService("retry"),
     default: "no",

@@ -437,3 +437,18 @@ function nameText(name: Ptr): string {
     crypto.BIO_free(bio);
   }
 }
+
+/** The peer certificate's subject and issuer (`exec`: SSL_CLIENT_DN, SSL_CLIENT_I_DN), if any. */
+export function peerNames(conn: TlsConnection): { subject: string; issuer: string } | undefined {
+  const { ssl, crypto } = lib();
+  const cert = ssl.SSL_get1_peer_certificate(conn.ssl);
+  if (cert === null) return undefined;
+  try {
+    return {
+      subject: nameText(crypto.X509_get_subject_name(cert)!),
+      issuer: nameText(crypto.X509_get_issuer_name(cert)!),
+    };
+  } finally {
+    crypto.X509_free(cert);
+  }
+}
