@@ -7,8 +7,8 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_protocols_test.ts
  */
 
-import { createServer, type Socket } from "node:net";
-import { TLSSocket } from "node:tls";
+import { createServer } from "node:net";
+import { ScriptedPeer } from "./scripted_peer.ts";
 import {
   assert,
   assertEquals,
@@ -66,87 +66,14 @@ async function echoOver(conn: Deno.Conn, message: string): Promise<void> {
   assertEquals(decode(await readExactly(conn, encode(message).length)), message);
 }
 
-/** A node socket read line by line (and byte by byte), until it is upgraded to TLS. */
-class NodeLines {
-  private buf = Buffer.alloc(0);
-  private waiters: (() => void)[] = [];
-  private ended = false;
-  private readonly onData = (d: Buffer) => {
-    this.buf = Buffer.concat([this.buf, d]);
-    this.wake();
-  };
-
-  constructor(readonly sock: Socket) {
-    sock.on("data", this.onData);
-    sock.on("end", () => {
-      this.ended = true;
-      this.wake();
-    });
-    sock.on("error", () => {
-      this.ended = true;
-      this.wake();
-    });
-  }
-
-  private wake() {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  private async need(pred: () => boolean): Promise<void> {
-    while (!pred()) {
-      if (this.ended) throw new Error("peer closed");
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-  }
-
-  async line(): Promise<string> {
-    await this.need(() => this.buf.includes(10));
-    const i = this.buf.indexOf(10);
-    const line = this.buf.subarray(0, i).toString("latin1").replace(/\r$/, "");
-    this.buf = this.buf.subarray(i + 1);
-    return line;
-  }
-
-  async bytes(n: number): Promise<Buffer> {
-    await this.need(() => this.buf.length >= n);
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  write(text: string | Uint8Array): void {
-    this.sock.write(typeof text === "string" ? `${text}\r\n` : text);
-  }
-
-  /** TLS server on this socket (nothing may be buffered); echoes what arrives. */
-  upgradeEcho(pki: Pki): Promise<void> {
-    assertEquals(this.buf.length, 0, "bytes before the TLS handshake");
-    this.sock.off("data", this.onData);
-    this.sock.pause();
-    const tls = new TLSSocket(this.sock, {
-      isServer: true,
-      cert: Deno.readTextFileSync(pki.serverEc.cert),
-      key: Deno.readTextFileSync(pki.serverEc.key),
-    });
-    tls.on("data", (d) => tls.write(d));
-    return new Promise((resolve) => {
-      tls.on("close", () => resolve());
-      tls.on("error", () => resolve());
-      tls.on("end", () => tls.end());
-    });
-  }
-}
-
 /** A node TCP server on loopback running `script` per connection; closed with the test. */
 async function nodeServer(
-  script: (io: NodeLines) => Promise<void>,
+  script: (io: ScriptedPeer) => Promise<void>,
   scope: { defer(fn: () => void): void },
 ): Promise<{ port: number; failures: unknown[] }> {
   const failures: unknown[] = [];
   const server = createServer((sock) => {
-    const io = new NodeLines(sock);
+    const io = new ScriptedPeer(sock);
     script(io).catch((e) => failures.push(e)).finally(() => sock.destroy());
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
