@@ -448,3 +448,19 @@ export function errnoText(): string {
 export function opensslVersion(): string {
   return readCString(lib().crypto.OpenSSL_version(0));
 }
+
+/** Whatever `print` writes into a memory BIO, as text. */
+export function bioText(print: (bio: Ptr) => void): string {
+  const { crypto } = lib();
+  const bio = crypto.BIO_new(crypto.BIO_s_mem());
+  if (bio === null) return "";
+  try {
+    print(bio);
+    const n = Number(crypto.BIO_ctrl(bio, BIO_CTRL_PENDING, 0n, null));
+    const buf = new Uint8Array(Math.max(n, 0));
+    const got = n > 0 ? crypto.BIO_read(bio, buf, n) : 0;
+    return new TextDecoder().decode(buf.subarray(0, Math.max(got, 0)));
+  } finally {
+    crypto.BIO_free(bio);
+  }
+}

@@ -29,6 +29,7 @@ import { formatAddress } from "./address.ts";
 import {
   BIO_C_SET_BUF_MEM_EOF_RETURN,
   BIO_CTRL_PENDING,
+  bioText,
   cstr,
   drainErrors,
   lib,
@@ -39,6 +40,7 @@ import {
   SSL_TLSEXT_ERR_OK,
 } from "./ffi.ts";
 import { osErrorText } from "./oserror.ts";
+import { nameText } from "./verify.ts";
 import type { TlsConnection, TlsContext, TlsContextLog } from "./tls.ts";
 import { TlsError } from "./tls.ts";
 import type { ServiceOptions } from "./types.ts";
@@ -68,8 +70,6 @@ const OCSP_RESPONSE_STATUS_SUCCESSFUL = 0;
 const SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB = 63;
 const SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP = 71;
 const SSL_CTRL_GET_CHAIN_CERTS = 115;
-/** XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB & ~XN_FLAG_SPC_EQ: stunnel's `CN=a, O=b`. */
-const NAME_FLAGS = 0x2031bn;
 /** The answer must be valid for the next minute (stunnel's leeway); 30 s for a staple. */
 const LEEWAY_SECONDS = 60n;
 const STAPLE_LEEWAY_SECONDS = 30;
@@ -130,33 +130,9 @@ function takeString(p: Ptr): string {
   return text;
 }
 
-/** Whatever `print` writes into a memory BIO, as text. */
-function printToString(print: (bio: Ptr) => void): string {
-  const { crypto } = lib();
-  const bio = crypto.BIO_new(crypto.BIO_s_mem());
-  if (bio === null) return "";
-  try {
-    print(bio);
-    const n = Number(crypto.BIO_ctrl(bio, BIO_CTRL_PENDING, 0n, null));
-    const buf = new Uint8Array(Math.max(n, 0));
-    const got = n > 0 ? crypto.BIO_read(bio, buf, n) : 0;
-    return new TextDecoder().decode(buf.subarray(0, Math.max(got, 0)));
-  } finally {
-    crypto.BIO_free(bio);
-  }
-}
-
-/** A certificate's subject as stunnel prints it: `CN=localhost` or `C=PL, O=x, CN=y`. */
-export function subjectText(cert: Ptr): string {
-  const { crypto } = lib();
-  return printToString((bio) =>
-    crypto.X509_NAME_print_ex(bio, crypto.X509_get_subject_name(cert), 0, NAME_FLAGS)
-  );
-}
-
 /** ASN1_TIME_print's form: `Nov 22 02:01:47 2026 GMT`. */
 function timeText(t: Ptr): string {
-  return printToString((bio) => lib().crypto.ASN1_TIME_print(bio, t));
+  return bioText((bio) => lib().crypto.ASN1_TIME_print(bio, t));
 }
 
 /** Milliseconds from now until `t` (negative when it is past), or undefined. */
@@ -665,7 +641,10 @@ async function checkChain(
       }
     }
     if (status !== V_OCSP_CERTSTATUS_GOOD) {
-      log(4, `Rejected by OCSP at depth=${depth}: ${subjectText(cert)}`);
+      log(
+        4,
+        `Rejected by OCSP at depth=${depth}: ${nameText(lib().crypto.X509_get_subject_name(cert))}`,
+      );
       return status === V_OCSP_CERTSTATUS_REVOKED
         ? X509_V_ERR_CERT_REVOKED
         : X509_V_ERR_APPLICATION_VERIFICATION;

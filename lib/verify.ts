@@ -16,7 +16,7 @@
  * certificate it lets through only for `redirect` always leaves an error behind.
  */
 import {
-  BIO_CTRL_PENDING,
+  bioText,
   cstr,
   drainErrors,
   lib,
@@ -423,19 +423,8 @@ export function peerAuthenticated(conn: TlsConnection): boolean {
 }
 
 /** A distinguished name as stunnel logs it: `CN=client`, `C=PL, O=Example, CN=host`. */
-function nameText(name: Ptr): string {
-  const { crypto } = lib();
-  const bio = crypto.BIO_new(crypto.BIO_s_mem());
-  if (bio === null) return "BIO_new() failed";
-  try {
-    crypto.X509_NAME_print_ex(bio, name, 0, NAME_FLAGS);
-    const pending = Number(crypto.BIO_ctrl(bio, BIO_CTRL_PENDING, 0n, null));
-    const buf = new Uint8Array(pending);
-    const n = pending > 0 ? crypto.BIO_read(bio, buf, pending) : 0;
-    return new TextDecoder().decode(buf.subarray(0, Math.max(n, 0)));
-  } finally {
-    crypto.BIO_free(bio);
-  }
+export function nameText(name: Ptr): string {
+  return bioText((bio) => lib().crypto.X509_NAME_print_ex(bio, name, 0, NAME_FLAGS));
 }
 
 /** The peer certificate's subject and issuer (`exec`: SSL_CLIENT_DN, SSL_CLIENT_I_DN), if any. */
