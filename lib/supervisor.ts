@@ -170,10 +170,12 @@ export class Supervisor {
       this.signalHandlers.push([signal, deferred]);
     };
     on("SIGHUP", () => void this.reload());
-    on("SIGUSR1", () => {
-      this.daemon.reopenLog();
-      void this.broadcast({ type: "reopen" });
-    });
+    // The workers first: once the main thread says "Log file reopened", every thread writes
+    // to the new file.
+    on(
+      "SIGUSR1",
+      () => void this.broadcast({ type: "reopen" }).then(() => this.daemon.reopenLog()),
+    );
     on("SIGUSR2", () => void this.listConnections());
     for (const signal of ["SIGTERM", "SIGINT", "SIGQUIT"] as const) {
       on(signal, () => void this.stop("Terminated"));

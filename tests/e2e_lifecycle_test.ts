@@ -110,7 +110,13 @@ e2e("SIGUSR1 reopens the output file after it was renamed", {}, async (scope) =>
 
   await Deno.rename(logFile, `${logFile}.1`);
   proxy.signal("SIGUSR1");
-  await pollUntil(() => fileExists(logFile), 10_000, "a new log file after SIGUSR1");
+  // stunnel's line, written once every thread has reopened the file.
+  await pollUntil(
+    async () =>
+      (await fileExists(logFile)) && /Log file reopened/.test(await Deno.readTextFile(logFile)),
+    10_000,
+    "a new log file after SIGUSR1",
+  );
 
   const second = await tlsConnect(port, pki.caPem);
   const secondPort = (second.localAddr as Deno.NetAddr).port;
