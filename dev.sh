@@ -36,17 +36,30 @@ ensure_deno() {
   fi
 }
 
+# What the end-to-end tests drive: "PROBE PACKAGE", where PROBE is a command on PATH or, for
+# a package without one, a file it installs.
+TEST_TOOLS=(
+  "openssl openssl"
+  "curl curl"
+  "stunnel4 stunnel4"
+  "socat socat"
+)
+
 ensure_test_tools() {
-  local missing=() cmd
-  for cmd in openssl curl stunnel4 socat; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+  local missing=() entry probe package
+  for entry in "${TEST_TOOLS[@]}"; do
+    read -r probe package <<<"$entry"
+    if [[ "$probe" == /* ]]; then
+      [[ -e "$probe" ]] || missing+=("$package")
+    else
+      command -v "$probe" >/dev/null 2>&1 || missing+=("$package")
+    fi
   done
   ((${#missing[@]} == 0)) && return 0
   if [[ "$(id -u)" != 0 ]]; then
     echo "dev.sh: missing ${missing[*]}; not root, so not installing (tests needing them fail)" >&2
     return 0
   fi
-  # The Debian packages are named like the commands.
   echo "dev.sh: installing ${missing[*]} with apt-get" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
