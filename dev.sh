@@ -43,6 +43,21 @@ TEST_TOOLS=(
   "curl curl"
   "stunnel4 stunnel4"
   "socat socat"
+  "/usr/bin/softhsm2-util softhsm2"
+  "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so libengine-pkcs11-openssl"
+  "pkcs11-tool opensc"
+  "/usr/lib/postgresql/15/bin/postgres postgresql"
+  "/usr/lib/dovecot/imap dovecot-imapd"
+  "/usr/lib/dovecot/pop3 dovecot-pop3d"
+  "/usr/sbin/slapd slapd"
+  "ldapsearch ldap-utils"
+  "/usr/lib/postfix/sbin/master postfix"
+  "/usr/sbin/iptables iptables"
+  "/usr/sbin/ip iproute2"
+  "unshare util-linux"
+  "/lib/x86_64-linux-gnu/libwrap.so.0 libwrap0"
+  "setsid util-linux"
+  "ps procps"
 )
 
 ensure_test_tools() {
@@ -63,7 +78,19 @@ ensure_test_tools() {
   echo "dev.sh: installing ${missing[*]} with apt-get" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  # The servers the tests start themselves (PostgreSQL, Dovecot, slapd, Postfix) must not be
+  # started by their packages: Postfix gets no system configuration, and while installing, a
+  # policy-rc.d (if there is none) denies every service start.
+  if command -v debconf-set-selections >/dev/null 2>&1; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  fi
+  local policy=/usr/sbin/policy-rc.d made_policy="" rc=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || rc=$?
+  if [[ -n "$made_policy" ]]; then rm -f "$policy"; fi
+  return "$rc"
 }
 
 # Throwaway certificates for examples/stunnel.conf: a CA and a localhost server certificate.

@@ -195,7 +195,10 @@ function parseLine(raw: string, where: Where, state: State): void {
     );
   }
   const service = state.current ?? state.defaults;
-  option.store({ global: state.global, service, inGlobalSection }, parsed);
+  option.store(
+    { global: state.global, service, inGlobalSection, line: { where, text: raw } },
+    parsed,
+  );
   service.where[option.name] = where;
   if (inGlobalSection) state.global.where[option.name] = where;
 }
@@ -325,7 +328,7 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
   if (service.redirect && !verifies) {
     fail('Either "verifyChain" or "verifyPeer" has to be enabled for "redirect" to work');
   }
-  if (verifies && !service.CAfile && !service.CApath && !service.CAengine) {
+  if (verifies && !service.CAfile && !service.CApath && service.CAengine.length === 0) {
     fail('Either "CAengine", "CAfile" or "CApath" has to be configured');
   }
 
@@ -351,6 +354,29 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
       );
     }
     fail("Each service must define two endpoints");
+  }
+  checkSocketSupport(service, inetd, fail);
+}
+
+/** What lib/sockopt.ts, lib/localsock.ts and lib/netconn.ts cannot do on this runtime. */
+function checkSocketSupport(s: ServiceOptions, inetd: boolean, fail: (r: string) => never): void {
+  const at = (option: string) => {
+    const w = s.where[option];
+    return w ? `${w.file}:${w.line}: ` : "";
+  };
+  // Deno's Unix and stdio sockets have no descriptor to find (TCP ones are found by address).
+  if (s.socket.some((line) => line.startsWith("l:")) && (inetd || s.accept?.kind === "unix")) {
+    fail(
+      `${at("socket")}local socket options (socket = l:...) are not supported on ` +
+        `${inetd ? "the inetd mode socket" : "a Unix socket accept"}`,
+    );
+  }
+  const source = s.transparent === "source" || s.transparent === "both";
+  if (source && s.exec !== undefined && s.connect.length === 0) {
+    fail(
+      `${at("transparent")}transparent source in local mode (exec) is not supported: it needs ` +
+        "stunnel's libstunnel.so preload library",
+    );
   }
 }
 

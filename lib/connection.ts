@@ -4,11 +4,14 @@ import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "./oserror.ts";
 import { resetNow } from "./reset.ts";
+import { applyLocalOptions, originalDestination } from "./localsock.ts";
 import { checkPeerOcsp } from "./ocsp.ts";
 import { attachSni } from "./sni.ts";
 import { TlsError } from "./tls.ts";
 import type { TlsConnection } from "./tls.ts";
 import { execEnvironment, spawnExec } from "./exec.ts";
+import { identAuth } from "./ident.ts";
+import { libwrapAuth } from "./libwrap.ts";
 import { peerAuthenticated } from "./verify.ts";
 import type { Address } from "./types.ts";
 import {
@@ -96,14 +99,18 @@ export class Connection {
 
   async run(): Promise<void> {
     const { service, log } = this;
-    log(
-      5,
-      `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
-    );
     let reset = false;
     try {
+      // As stunnel: libwrap and IDENT decide before the connection counts as accepted.
+      await this.checkAccess();
+      log(
+        5,
+        `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
+      );
       await this.establish();
     } catch (e) {
+      // Refused by a check: `reset = yes` resets the client too.
+      if (!this.sockets.includes(this.local)) this.sockets.push(this.local);
       reset = this.fail(e);
     } finally {
       for (const s of this.streams) s.close();
@@ -140,11 +147,32 @@ export class Connection {
     return true;
   }
 
+  /** `libwrap = yes` (/etc/hosts.allow, /etc/hosts.deny), then `ident = USERNAME`. */
+  private async checkAccess(): Promise<void> {
+    const opts = this.service.opts;
+    if (!opts.libwrap && opts.ident === undefined) return;
+    const peer = this.local.remoteAddr;
+    const unixSocket = opts.accept?.kind === "unix";
+    if (opts.libwrap) await libwrapAuth(this.service.name, peer, unixSocket, this.log);
+    if (opts.ident !== undefined) {
+      await identAuth({
+        username: opts.ident,
+        peer,
+        local: this.local.localAddr,
+        unixSocket,
+        TIMEOUTconnect: opts.TIMEOUTconnect,
+        TIMEOUTbusy: opts.TIMEOUTbusy,
+      }, this.log);
+    }
+  }
+
   private async establish(): Promise<void> {
     const { service } = this;
     const opts = service.opts;
     this.sockets.push(this.local);
-    setNoDelay(this.local);
+    // TCP_NODELAY (stunnel's l: default) and the other l: options; the listener gave most of
+    // them to the accepted socket already (listener.ts).
+    applyLocalOptions(service, this.local, this.log);
     // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
     const negotiation = negotiationFor(opts);
     const local = new PlainStream(this.local);
@@ -270,7 +298,18 @@ export class Connection {
   }
 
   private async connectRemote(): Promise<Deno.Conn> {
-    const remote = await this.service.connect(this.log, this.redirected, this.targets);
+    const { transparent } = this.service.opts;
+    // `transparent = destination|both`: where the client meant to go, unless `redirect` or a
+    // protocol chose the target (stunnel's order).
+    if ((transparent === "destination" || transparent === "both") && !this.targets) {
+      if (!this.redirected) this.targets = [originalDestination(this.local)];
+    }
+    const remote = await this.service.connect(
+      this.log,
+      this.redirected,
+      this.targets,
+      this.local.remoteAddr,
+    );
     this.log(
       5,
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,

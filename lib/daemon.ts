@@ -5,11 +5,15 @@
 import { formatAddress } from "./address.ts";
 import { Connection } from "./connection.ts";
 import { execEnvironment, isExecConnect, spawnExec } from "./exec.ts";
+import { newLibwrapLock, useLibwrapLock } from "./libwrap.ts";
+import { newCapwinCredentials, useCapwinCredentials } from "../protocols/capwin.ts";
 import { type Logger, LogSink } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
 import { newRoundRobin, Service } from "./service.ts";
 import { isSecondaryOnly, linkVirtualServices } from "./sni.ts";
+import { ListenerOptionsError } from "./listener.ts";
 import { TlsError } from "./tls.ts";
+import { attachEngines, setUpGlobalCrypto } from "./engine.ts";
 import type { Configuration, LogId } from "./types.ts";
 
 /** A failure that has already been logged; the daemon cannot start with this configuration. */
@@ -27,6 +31,10 @@ export interface Runtime {
   roundRobin: Int32Array;
   /** Worker threads log only warnings and errors of their own start-up. */
   worker: boolean;
+  /** Serializes libwrap's hosts_ctl() across all threads (libwrap.ts). */
+  libwrapLock: Int32Array;
+  /** `protocol = capwinctrl`'s credentials, one buffer per process (protocols/capwin.ts). */
+  capwinCredentials: Uint8Array;
 }
 
 export function newRuntime(reusePort: boolean): Runtime {
@@ -36,11 +44,16 @@ export function newRuntime(reusePort: boolean): Runtime {
     ticketKeys: crypto.getRandomValues(new Uint8Array(80)),
     roundRobin: newRoundRobin(),
     worker: false,
+    libwrapLock: newLibwrapLock(),
+    capwinCredentials: newCapwinCredentials(),
   };
 }
 
 /** Builds every service of a configuration, or logs why not and frees what was built. */
 function createServices(config: Configuration, log: Logger, runtime: Runtime): Service[] {
+  // Engines, FIPS and the PRNG are the process's: set up by the main thread before any service.
+  if (runtime.worker) attachEngines(config.global);
+  else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
@@ -84,6 +97,8 @@ export class Daemon {
   ) {
     this.log = this.uiLogger(sink, config);
     this.timer = setInterval(() => this.checkTimeouts(), 1000);
+    useLibwrapLock(runtime.libwrapLock);
+    useCapwinCredentials(runtime.capwinCredentials);
   }
 
   private uiLogger(sink: LogSink, config: Configuration): Logger {
@@ -130,7 +145,12 @@ export class Daemon {
       } catch (e) {
         const a = service.opts.accept;
         const where = a ? formatAddress(a) : "";
-        this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
+        // An accept socket option that failed was logged by itself (listener.ts).
+        if (e instanceof ListenerOptionsError) {
+          this.log(3, `Binding service [${service.name}] failed`);
+        } else {
+          this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
+        }
         for (const s of bound) s.unbind(this.log);
         for (const s of programs) this.execLoops.delete(s);
         throw new StartError("Binding failed");
@@ -273,7 +293,7 @@ export class Daemon {
       return false;
     }
     for (const [s, o] of adopted) {
-      s.listener = o.listener;
+      s.adoptListener(o.listener!, log);
       o.listener = undefined;
       this.owners.set(s.listener!, s);
       await s.prepare(log);

@@ -5,6 +5,7 @@
  */
 import type { Logger } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
+import { type PtyConn, spawnPty } from "./pty.ts";
 import type { TlsConnection } from "./tls.ts";
 import { peerNames } from "./verify.ts";
 import type { ServiceOptions } from "./types.ts";
@@ -100,9 +101,17 @@ export function spawnExec(
   opts: ServiceOptions,
   env: Record<string, string>,
   log: Logger,
-): ExecConn {
+): ExecConn | PtyConn {
   const path = opts.exec!;
   const argv = opts.execArgs && opts.execArgs.length > 0 ? opts.execArgs : [path];
+  if (opts.pty) {
+    try {
+      return spawnPty(path, argv, env, log);
+    } catch (e) {
+      log(3, e instanceof Error ? e.message : String(e));
+      return endedProgram(path);
+    }
+  }
   // Deno.Command always passes the path as argv[0]; bash's `exec -a` sets another one without
   // an extra process (the shell replaces itself with the program).
   const [command, args] = argv[0] === path ? [path, argv.slice(1)] : [
@@ -122,14 +131,7 @@ export function spawnExec(
     // stunnel forks first: a program that cannot be executed is a child that ends at once,
     // so the connection ends as if it had (no data, then close_notify).
     log(3, `Cannot execute ${path}: ${osErrorText(e)}`);
-    return new ExecConn(
-      new ReadableStream({ start: (c) => c.close() }),
-      new WritableStream({
-        write: () => {
-          throw new Deno.errors.BrokenPipe(`${path} is not running`);
-        },
-      }),
-    );
+    return endedProgram(path);
   }
   log(6, `Local mode child started (PID=${child.pid})`);
   child.status.then((status) => {
@@ -137,4 +139,16 @@ export function spawnExec(
     else log(6, `Child process ${child.pid} finished with code ${status.code}`);
   }, () => {});
   return new ExecConn(child.stdout, child.stdin);
+}
+
+/** A program that ended at once: no data, then the end of the connection. */
+function endedProgram(path: string): ExecConn {
+  return new ExecConn(
+    new ReadableStream({ start: (c) => c.close() }),
+    new WritableStream({
+      write: () => {
+        throw new Deno.errors.BrokenPipe(`${path} is not running`);
+      },
+    }),
+  );
 }

@@ -110,6 +110,11 @@ const sslSymbols = {
   SSL_get_peer_cert_chain: { parameters: ["pointer"], result: "pointer" },
   SSL_CTX_get0_certificate: { parameters: ["pointer"], result: "pointer" },
   SSL_set_verify_result: { parameters: ["pointer", "i64"], result: "void" },
+  // sessiond
+  SSL_CTX_sess_set_get_cb: { parameters: ["pointer", "function"], result: "void" },
+  SSL_CTX_sess_set_remove_cb: { parameters: ["pointer", "function"], result: "void" },
+  SSL_SESSION_get_id: { parameters: ["pointer", "buffer"], result: "pointer" },
+  SSL_SESSION_get_timeout: { parameters: ["pointer"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const cryptoSymbols = {
@@ -272,6 +277,51 @@ const cryptoSymbols = {
   OCSP_crl_reason_str: { parameters: ["i64"], result: "pointer" },
   OCSP_check_validity: { parameters: ["pointer", "pointer", "i64", "i64"], result: "i32" },
   i2d_OCSP_RESPONSE: { parameters: ["pointer", "buffer"], result: "i32" },
+  // ntlm
+  OSSL_LIB_CTX_new: { parameters: [], result: "pointer" },
+  OSSL_LIB_CTX_free: { parameters: ["pointer"], result: "void" },
+  OSSL_PROVIDER_load: { parameters: ["pointer", "buffer"], result: "pointer" },
+  EVP_MD_fetch: { parameters: ["pointer", "buffer", "pointer"], result: "pointer" },
+  EVP_Digest: {
+    parameters: ["buffer", "usize", "buffer", "buffer", "pointer", "pointer"],
+    result: "i32",
+  },
+  EVP_CIPHER_fetch: { parameters: ["pointer", "buffer", "pointer"], result: "pointer" },
+  EVP_CIPHER_CTX_new: { parameters: [], result: "pointer" },
+  EVP_CIPHER_CTX_free: { parameters: ["pointer"], result: "void" },
+  EVP_CIPHER_CTX_set_padding: { parameters: ["pointer", "i32"], result: "i32" },
+  EVP_EncryptUpdate: {
+    parameters: ["pointer", "buffer", "buffer", "buffer", "i32"],
+    result: "i32",
+  },
+  // engine (engine.ts, random.ts)
+  ENGINE_by_id: { parameters: ["buffer"], result: "pointer" },
+  ENGINE_get_id: { parameters: ["pointer"], result: "pointer" },
+  ENGINE_ctrl: { parameters: ["pointer", "i32", "i64", "pointer", "pointer"], result: "i32" },
+  ENGINE_ctrl_cmd: {
+    parameters: ["pointer", "buffer", "i64", "buffer", "pointer", "i32"],
+    result: "i32",
+  },
+  ENGINE_ctrl_cmd_string: { parameters: ["pointer", "buffer", "buffer", "i32"], result: "i32" },
+  ENGINE_init: { parameters: ["pointer"], result: "i32" },
+  ENGINE_set_default_string: { parameters: ["pointer", "buffer"], result: "i32" },
+  ENGINE_register_all_complete: { parameters: [], result: "i32" },
+  ENGINE_get_first: { parameters: [], result: "pointer" },
+  ENGINE_get_next: { parameters: ["pointer"], result: "pointer" },
+  ENGINE_load_private_key: {
+    parameters: ["pointer", "buffer", "pointer", "pointer"],
+    result: "pointer",
+  },
+  UI_OpenSSL: { parameters: [], result: "pointer" },
+  ERR_peek_last_error: { parameters: [], result: "u64" },
+  OSSL_PROVIDER_available: { parameters: ["pointer", "buffer"], result: "i32" },
+  EVP_default_properties_enable_fips: { parameters: ["pointer", "i32"], result: "i32" },
+  RAND_status: { parameters: [], result: "i32" },
+  RAND_load_file: { parameters: ["buffer", "i64"], result: "i32" },
+  RAND_write_file: { parameters: ["buffer"], result: "i32" },
+  RAND_file_name: { parameters: ["buffer", "usize"], result: "pointer" },
+  X509_STORE_add_cert: { parameters: ["pointer", "pointer"], result: "i32" },
+  X509_NAME_dup: { parameters: ["pointer"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const libcSymbols = {
@@ -300,6 +350,26 @@ const libcSymbols = {
   memcpy: { parameters: ["pointer", "buffer", "usize"], result: "pointer" },
   // exec.ts / inetd.ts: half-close of a socket on stdout (inetd mode)
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  // socks (client mode): SO_ORIGINAL_DST
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  // sockets (sockfd.ts, sockopt.ts, netconn.ts)
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // Waits for a connect in progress on a thread of its own: the event loop keeps running.
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  getaddrinfo: { parameters: ["buffer", "pointer", "buffer", "buffer"], result: "i32" },
+  freeaddrinfo: { parameters: ["pointer"], result: "void" },
+  // sessiond: one UDP datagram per cache request (and its answer)
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  // pty: the master side of a pseudo-terminal (O_NONBLOCK; waits go through `poll`)
+  posix_openpt: { parameters: ["i32"], result: "i32" },
+  grantpt: { parameters: ["i32"], result: "i32" },
+  unlockpt: { parameters: ["i32"], result: "i32" },
+  ptsname_r: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type SslLib = Deno.DynamicLibrary<typeof sslSymbols>["symbols"];
@@ -324,6 +394,26 @@ export function lib(): Native {
     native = { ssl, crypto, libc };
   }
   return native;
+}
+
+// libwrap: TCP Wrappers (libwrap.so.0), opened only when a service has `libwrap = yes`.
+export const LIBWRAP = "libwrap.so.0";
+const libwrapSymbols = {
+  // hosts_ctl(daemon, client name, client address, user): reads /etc/hosts.{allow,deny}
+  hosts_ctl: {
+    parameters: ["buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+export type LibWrap = Deno.DynamicLibrary<typeof libwrapSymbols>["symbols"];
+let libwrapHandle: LibWrap | undefined;
+
+/** Opens libwrap once per thread; throws (with the loader's reason) when it is missing. */
+export function libwrap(): LibWrap {
+  libwrapHandle ??= Deno.dlopen(LIBWRAP, libwrapSymbols).symbols;
+  return libwrapHandle;
 }
 
 export type Ptr = Deno.PointerValue;

@@ -7,6 +7,7 @@
 import { Connection } from "./connection.ts";
 import { describeSource } from "./config.ts";
 import { newRuntime } from "./daemon.ts";
+import { setUpGlobalCrypto } from "./engine.ts";
 import { lib } from "./ffi.ts";
 import { early, LogSink } from "./log.ts";
 import { Service } from "./service.ts";
@@ -114,6 +115,11 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   // stunnel names the section of inetd mode after the global `service` option.
   const opts = { ...config.services[0], name: config.global.service };
   const runtime = newRuntime(false);
+  if (!setUpGlobalCrypto(config.global, ui)) {
+    ui(3, "Configuration failed");
+    sink.close();
+    return 1;
+  }
   let service: Service;
   try {
     service = Service.create(opts, ui, runtime);

@@ -5,8 +5,10 @@
  */
 
 import { type AddressRole, parseAddress, type ServiceLookup } from "./address.ts";
+import { libwrap } from "./ffi.ts";
 import { readPskSecrets } from "./psk.ts";
-import type { GlobalOptions, PskSecrets, ServiceOptions } from "./types.ts";
+import { resolveHostSync } from "./sockfd.ts";
+import type { ConfigLine, EngineStep, GlobalOptions, PskSecrets, ServiceOptions } from "./types.ts";
 
 export type Scope = "global" | "service";
 
@@ -38,6 +40,8 @@ export interface Target {
   /** The section's options, or the defaults template while in the global section. */
   service: ServiceOptions;
   inGlobalSection: boolean;
+  /** The line being stored (options that act in file order keep it for their errors). */
+  line?: ConfigLine;
 }
 
 export interface OptionSpec<V = unknown> {
@@ -138,6 +142,20 @@ const readableFile: Kind<string> = {
     const reason = context.system.unreadable(raw);
     if (reason !== undefined) throw `cannot read ${raw}: ${reason}`;
     return raw;
+  },
+};
+
+/**
+ * `cert`/`key`: a readable file, or an engine's object id (`engineId`/`engineNum`), which is no
+ * file: a value that starts like `pkcs11:...` or `SLOT:ID` is then taken as it is (without an
+ * engine, loading it fails with OpenSSL's reason when the service starts).
+ */
+const fileOrEngineObject: Kind<string> = {
+  syntax: "FILE | ENGINE_OBJECT_ID",
+  parse(raw, context) {
+    const engineObject = /^[A-Za-z0-9_-]+:/.test(raw) &&
+      context.system.unreadable(raw) !== undefined;
+    return engineObject ? raw : readableFile.parse(raw, context);
   },
 };
 
@@ -316,9 +334,10 @@ export const SOCKET_OPTIONS: readonly SocketOptionSpec[] = [
 
 const SOCKET_VALUE: Record<SocketOptionType, RegExp> = {
   flag: /^(yes|no|1|0)$/i,
-  int: /^[+-]?[0-9]+$/,
-  linger: /^[+-]?[0-9]+(:[+-]?[0-9]+)?$/,
-  timeval: /^[+-]?[0-9]+(:[+-]?[0-9]+)?$/,
+  // strtol() as stunnel checks it: an empty number is 0 (stunnel 5.68 accepts it).
+  int: /^(\s*[+-]?[0-9]+)?$/,
+  linger: /^(\s*[+-]?[0-9]+)?(:(\s*[+-]?[0-9]+)?)?$/,
+  timeval: /^(\s*[+-]?[0-9]+)?(:(\s*[+-]?[0-9]+)?)?$/,
   // The value has to fit stunnel's option union (16 bytes with the NUL).
   string: /^.{0,15}$/,
 };
@@ -436,6 +455,18 @@ function account(kind: "UID" | "GID"): Kind<string> {
   };
 }
 
+/** `local = HOST`: resolved when read, as stunnel does; stored as its first numeric address. */
+const localHost: Kind<string> = {
+  syntax: "HOST",
+  parse(raw) {
+    try {
+      return resolveHostSync(raw);
+    } catch (why) {
+      throw new OptionError("Failed to resolve local address", [String(why)]);
+    }
+  },
+};
+
 const transparent = enumOf(
   {
     none: "none",
@@ -447,16 +478,6 @@ const transparent = enumOf(
   },
   "Selected transparent proxy mode is not available",
 );
-
-const fips: Kind<boolean> = {
-  syntax: "yes | no",
-  parse(raw, context) {
-    if (yesNo.parse(raw, context)) {
-      throw "FIPS support is not available: no FIPS provider is loaded";
-    }
-    return false;
-  },
-};
 
 const compression: Kind<"deflate" | "zlib"> = {
   syntax: "deflate | zlib",
@@ -530,7 +551,18 @@ function define<V>(entry: Entry<V>): OptionSpec {
 }
 
 const NEVER_ON_UNIX = "GUI option of stunnel on Windows; stunnel on Unix does not know it";
-const NO_EFFECT = "Accepted for compatibility; has no effect (the runtime sizes its own stacks)";
+function lineOf(target: Target): ConfigLine {
+  return target.line ?? { where: { file: "", line: 0 }, text: "" };
+}
+
+/** engine.ts runs these in file order, as stunnel does while it reads the file. */
+function engineStep(option: EngineStep["option"]) {
+  return (target: Target, value: string) =>
+    target.global.engineSteps.push({ option, value, line: lineOf(target) });
+}
+
+const NO_EFFECT = "Accepted for compatibility; has no effect: Deno (V8 and its Rust runtime) " +
+  "creates and sizes the stacks of its own threads, and a configuration cannot change them";
 
 /** All options, global ones first, each group in stunnel's `-help` order. */
 export const OPTIONS: readonly OptionSpec[] = [
@@ -557,38 +589,44 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "EGD",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "EGDPATH",
     store: toGlobal("EGD"),
     help: "path to Entropy Gathering Daemon socket",
+    note: "Only asked when OpenSSL's PRNG is not seeded, which OpenSSL 3 always is (it seeds " +
+      "itself from the kernel); this libcrypto has no RAND_egd, so, as for stunnel 5.68 on it, " +
+      "the socket is never used (a warning names it if seeding were ever needed).",
   }),
   define({
     name: "engine",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "auto | ENGINE_ID",
-    store: toGlobal("engine"),
+    store: engineStep("engine"),
     help: "auto|engine_id",
+    note: "Each `engine` line opens one more engine (numbered from 1 for `engineNum`); " +
+      "`engineCtrl` and `engineDefault` act on the last one, in file order. The PIN prompt " +
+      "of an engine is OpenSSL's (on the terminal); the engine gets no logging callback.",
   }),
   define({
     name: "engineCtrl",
     scope: "global",
-    status: "later",
+    status: "supported",
     repeat: true,
     ...text,
     syntax: "COMMAND[:PARAMETER]",
-    store: (t, v: string) => t.global.engineCtrl.push(v),
+    store: engineStep("engineCtrl"),
     help: "cmd[:arg]",
   }),
   define({
     name: "engineDefault",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "TASK_LIST",
-    store: toGlobal("engineDefault"),
+    store: engineStep("engineDefault"),
     help: "TASK_LIST",
   }),
   define({
@@ -596,11 +634,13 @@ export const OPTIONS: readonly OptionSpec[] = [
     scope: "global",
     status: "supported",
     inHelp: false,
-    ...fips,
+    ...yesNo,
     store: toGlobal("fips"),
     default: "no",
     help: "yes|no FIPS 140-2 mode",
-    note: 'Only "no" works: no FIPS provider is loaded.',
+    note: "`yes` loads OpenSSL 3's FIPS provider and makes it the default at start-up; where " +
+      "none is installed, start-up fails with OpenSSL's reason (`FIPS PROVIDER: ...`, " +
+      "`Global options: Failed to initialize TLS`), as in stunnel 5.68.",
   }),
   define({
     name: "foreground",
@@ -678,7 +718,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "RNDbytes",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...integer("Illegal number of bytes to read from random seed files"),
     syntax: "BYTES",
     store: toGlobal("RNDbytes"),
@@ -689,18 +729,20 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "RNDfile",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "FILE",
     store: toGlobal("RNDfile"),
     default: "/dev/urandom",
     versionDefault: ["/dev/urandom"],
     help: "path to file with random seed data",
+    note: "Read (and with `RNDoverwrite` rewritten) only when OpenSSL's PRNG needs seeding, " +
+      "as in stunnel 5.68; OpenSSL 3 seeds itself, so the file is normally not touched.",
   }),
   define({
     name: "RNDoverwrite",
     scope: "global",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toGlobal("RNDoverwrite"),
     default: "yes",
@@ -739,11 +781,14 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "CAengine",
     scope: "service",
-    status: "later",
+    status: "supported",
+    repeat: true,
     ...text,
     syntax: "IDENTIFIER",
-    store: toService("CAengine"),
+    store: appendTo("CAengine"),
     help: "engine-specific CA certificate identifier for 'verify' option",
+    note: "Each line adds one CA certificate, read through the service's engine " +
+      "(`engineId`/`engineNum`) with its LOAD_CERT_CTRL command, as in stunnel 5.68.",
   }),
   define({
     name: "CApath",
@@ -767,7 +812,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "cert",
     scope: "service",
     status: "supported",
-    ...readableFile,
+    ...fileOrEngineObject,
     store: toService("cert"),
     help: "certificate chain",
   }),
@@ -908,18 +953,18 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "engineId",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "ENGINE_ID",
-    store: toService("engineId"),
+    store: (t, id: string) => t.service.engine = { id, line: lineOf(t) },
     help: "ID of engine to read the key from",
   }),
   define({
     name: "engineNum",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...integer("Illegal engine number", 1),
-    store: toService("engineNum"),
+    store: (t, num: number) => t.service.engine = { num, line: lineOf(t) },
     help: "number of engine to read the key from",
   }),
   define({
@@ -961,7 +1006,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "ident",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "USERNAME",
     store: toService("ident"),
@@ -981,7 +1026,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "key",
     scope: "service",
     status: "supported",
-    ...readableFile,
+    ...fileOrEngineObject,
     store: toService("key"),
     default: "the value of cert",
     help: "certificate private key",
@@ -989,8 +1034,21 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "libwrap",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
+    parse(raw, ctx) {
+      const on = yesNo.parse(raw, ctx);
+      // libwrap.so.0 is opened only when some service uses it: missing, it fails this line.
+      if (on) {
+        try {
+          libwrap();
+        } catch (e) {
+          const reason = e instanceof Error ? e.message : String(e);
+          throw `libwrap is not available: ${reason.replace(/^(Could not open library: )+/, "")}`;
+        }
+      }
+      return on;
+    },
     store: toService("libwrap"),
     default: "no",
     help: "yes|no use /etc/hosts.allow and /etc/hosts.deny",
@@ -998,9 +1056,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "local",
     scope: "service",
-    status: "later",
-    ...text,
-    syntax: "HOST",
+    status: "supported",
+    ...localHost,
     store: toService("local"),
     help: "IP address to be used as source for remote connections",
   }),
@@ -1074,10 +1131,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     status: "supported",
     ...protocol,
     store: toService("protocol"),
-    note: "Implemented: smtp, pop3, imap, pgsql (both modes), connect (client mode, Basic " +
-      "authentication), proxy and socks (server mode), nntp and ldap (client mode). cifs, the " +
-      "socks client mode and NTLM authentication are refused as not supported yet; a protocol* " +
-      "option the protocol does not use is an error.",
+    note: "Implemented: smtp, pop3, imap, pgsql, socks, cifs (both modes), connect (client " +
+      "mode, Basic and NTLM authentication; NTLM needs OpenSSL's legacy provider at run " +
+      "time), proxy (server mode), nntp and ldap (client mode), capwin (both modes; the server " +
+      "mode binds to the LDAP server at protocolHost) and capwinctrl (client mode; its " +
+      "credentials are shared by all threads). capwinctrl in the server mode is refused as by " +
+      "stunnel; a protocol* option the protocol does not use is an error.",
     help: "protocol to negotiate before TLS initialization",
     helpMore: [
       "currently supported: cifs, connect, imap,",
@@ -1096,7 +1155,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "protocolDomain",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...text,
     syntax: "DOMAIN",
     store: toService("protocolDomain"),
@@ -1161,7 +1220,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "pty",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...yesNo,
     store: toService("pty"),
     default: "no",
@@ -1289,11 +1348,19 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "sessiond",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...address("connect"),
     syntax: "HOST:PORT",
-    store: toService("sessiond"),
+    // As stunnel: no tickets, so that every session goes through the cache.
+    store: (t, v) => {
+      t.service.sessiond = v;
+      t.service.options.push("NO_TICKET");
+    },
     help: "[host:]port use sessiond at host:port",
+    note: "stunnel's UDP protocol (IPv4). Server mode: new sessions go to the cache, a session " +
+      "the thread's own cache lacks is asked of it (inside the handshake, so the thread waits " +
+      "for the answer, at most 200 ms), and session tickets are off. A session bigger than 512 " +
+      "bytes in DER (e.g. with a client certificate) is not cached, as in stunnel.",
   }),
   define({
     name: "sni",
@@ -1309,12 +1376,15 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "socket",
     scope: "service",
-    status: "later",
+    status: "supported",
     repeat: true,
     ...socketOption,
     store: appendTo("socket"),
     help: "a|l|r:option=value[:value]",
     helpMore: ["set an option on accept/local/remote socket"],
+    note: "A local (`l:`) option that accepted sockets inherit on Linux is set once on the " +
+      "listening socket (which then carries it too), unless an `a:` line gives it another " +
+      "value. `l:` options on a Unix socket `accept` or in inetd mode are refused.",
   }),
   define({
     name: "sslVersion",
@@ -1416,11 +1486,13 @@ export const OPTIONS: readonly OptionSpec[] = [
   define({
     name: "transparent",
     scope: "service",
-    status: "later",
+    status: "supported",
     ...transparent,
     store: toService("transparent"),
     default: "none",
     help: "none|source|destination|both transparent proxy mode",
+    note: "Linux, remote mode (`connect`). `source` in local mode (`exec`, stunnel's " +
+      "libstunnel.so preload library) is refused.",
   }),
   define({
     name: "verify",
@@ -1478,7 +1550,7 @@ export function defaultGlobalOptions(): GlobalOptions {
   return {
     debugFacility: "daemon",
     debugLevel: 5,
-    engineCtrl: [],
+    engineSteps: [],
     fips: false,
     foreground: "no",
     log: "append",
@@ -1494,6 +1566,7 @@ export function defaultGlobalOptions(): GlobalOptions {
 export function defaultServiceOptions(name = ""): ServiceOptions {
   return {
     name,
+    CAengine: [],
     checkEmail: [],
     protocolHeader: [],
     checkHost: [],

@@ -6,6 +6,9 @@ import type { Logger } from "./log.ts";
 import { osErrorText } from "./oserror.ts";
 import { TlsContext } from "./tls.ts";
 import type { Address, ServiceOptions } from "./types.ts";
+import { type ConnectSetup, connectTcp, connectUnix } from "./netconn.ts";
+import { type SocketOption, SocketOptions } from "./sockopt.ts";
+import { configureListener, fdSnapshot } from "./listener.ts";
 
 /** A resolved connect target. */
 type Target = { kind: "tcp"; host: string; port: number; label: string } | {
@@ -54,6 +57,18 @@ async function resolveAll(addresses: Address[], log: Logger): Promise<Target[]> 
   return targets;
 }
 
+/** One attempt through a socket of ours (netconn.ts); undefined when it failed (logged). */
+async function connectOwn(
+  t: Target,
+  setup: ConnectSetup,
+  log: Logger,
+): Promise<Deno.Conn | undefined> {
+  const conn = t.kind === "unix"
+    ? await connectUnix(t.path, t.label, setup, log)
+    : await connectTcp(t.host, t.port, t.label, setup, log);
+  return conn as unknown as Deno.Conn | undefined;
+}
+
 /** The round-robin position of each service, shared by all threads (slots by name). */
 const RR_SLOTS = 256;
 
@@ -73,6 +88,10 @@ export class Service {
   private targets: Target[] | null = null;
   private delay: boolean;
   listener: Deno.Listener | undefined;
+  /** `socket = a|l|r:...` with stunnel's defaults (sockopt.ts). */
+  readonly sockets: SocketOptions;
+  /** Local options to set on each accepted socket (the listener carries the others). */
+  localPerConnection: SocketOption[] = [];
 
   constructor(
     readonly opts: ServiceOptions,
@@ -81,6 +100,14 @@ export class Service {
   ) {
     this.name = opts.name;
     this.delay = opts.delay;
+    this.sockets = new SocketOptions(opts.socket);
+  }
+
+  /** The remote socket is ours (netconn.ts): bound to a source address, or with r: options. */
+  private get ownRemoteSocket(): boolean {
+    const t = this.opts.transparent;
+    return this.opts.local !== undefined || t === "source" || t === "both" ||
+      this.sockets.remoteConfigured;
   }
 
   static create(
@@ -120,9 +147,13 @@ export class Service {
       } catch {
         // no stale socket
       }
+      const before = fdSnapshot();
       this.listener = Deno.listen({ transport: "unix", path: a.path });
+      this.localPerConnection = this.configureListener(before, log);
     } else {
+      const before = fdSnapshot();
       this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port, reusePort });
+      this.localPerConnection = this.configureListener(before, log);
     }
     const bound = this.listener.addr;
     const where = formatAddress(
@@ -134,6 +165,50 @@ export class Service {
     );
     log(6, `Service [${this.name}] bound to ${where}`);
     return this.listener;
+  }
+
+  /**
+   * Takes over the listener of the service this one replaces (a reload with the same accept
+   * address): this configuration's socket options are set on it again.
+   */
+  adoptListener(listener: Deno.Listener, log: Logger): void {
+    this.listener = listener;
+    try {
+      this.localPerConnection = configureListener(listener, undefined, this.sockets, log);
+    } catch {
+      // Logged; the listener keeps the options it had, and accepted sockets get them all.
+      this.localPerConnection = [...this.sockets.local];
+    }
+  }
+
+  /** How connectOwn connects: source address, IP_TRANSPARENT, r: options, TIMEOUTconnect. */
+  private remoteSetup(peer: Deno.Addr | undefined): ConnectSetup {
+    const { local, transparent, TIMEOUTconnect } = this.opts;
+    const source = transparent === "source" || transparent === "both";
+    let bind: ConnectSetup["bind"];
+    if (local !== undefined) bind = { host: local, port: 0 };
+    else if (source) {
+      if (peer?.transport !== "tcp") throw new Error("Transparent source needs a socket");
+      bind = { host: peer.hostname, port: peer.port };
+    }
+    return {
+      bind,
+      // IP_TRANSPARENT only binds the client's address (`local` wins, as in stunnel).
+      transparent: source,
+      remoteOptions: this.sockets.remote,
+      timeoutSeconds: TIMEOUTconnect,
+    };
+  }
+
+  /** Socket options of the new listener (listener.ts); closes it if an accept option fails. */
+  private configureListener(before: Set<number>, log: Logger): SocketOption[] {
+    try {
+      return configureListener(this.listener!, before, this.sockets, log);
+    } catch (e) {
+      this.listener!.close();
+      this.listener = undefined;
+      throw e;
+    }
   }
 
   unbind(log: Logger): void {
@@ -160,7 +235,12 @@ export class Service {
    * to the `redirect` address instead (a peer that failed authentication), in its order.
    * `chosen`: to these addresses instead (picked by a protocol negotiation), in their order.
    */
-  async connect(log: Logger, redirect = false, chosen?: Address[]): Promise<Deno.Conn> {
+  async connect(
+    log: Logger,
+    redirect = false,
+    chosen?: Address[],
+    peer?: Deno.Addr,
+  ): Promise<Deno.Conn> {
     const targets = chosen
       ? await resolveAll(chosen, log)
       : redirect && this.opts.redirect
@@ -170,8 +250,15 @@ export class Service {
     const start = !chosen && !redirect && this.opts.failover === "rr" && !this.delay
       ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
       : 0;
+    const own = this.ownRemoteSocket ? this.remoteSetup(peer) : undefined;
     for (let i = 0; i < targets.length; i++) {
       const t = targets[(start + i) % targets.length];
+      if (own) {
+        // netconn.ts logs the attempt itself, in stunnel's order (bind, then connect).
+        const conn = await connectOwn(t, own, log);
+        if (conn) return conn;
+        continue;
+      }
       log(6, `s_connect: connecting ${t.label}`);
       try {
         const signal = AbortSignal.timeout(this.opts.TIMEOUTconnect * 1000);

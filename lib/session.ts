@@ -26,6 +26,7 @@ import {
   TLS1_3_VERSION,
 } from "./ffi.ts";
 import { check, connectionOf, type TlsContext, type TlsContextLog } from "./tls.ts";
+import { configureSessiond } from "./sessiond.ts";
 
 export function configureSessions(context: TlsContext, log: TlsContextLog): void {
   const { ssl } = lib();
@@ -61,6 +62,8 @@ export function configureSessions(context: TlsContext, log: TlsContextLog): void
   ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_SIZE, BigInt(opts.sessionCacheSize), null);
   ssl.SSL_CTX_set_timeout(ctx, BigInt(opts.sessionCacheTimeout));
   if (!opts.sessionResume) return;
+  // sessiond: the server's sessions also go to (and come from) the external cache.
+  if (!opts.client && opts.sessiond) configureSessiond(context, opts.sessiond, log);
   if (opts.client) {
     ssl.SSL_CTX_sess_set_new_cb(ctx, callbacks().newSession.pointer);
     context.clientSessions.share(opts.name);
@@ -177,7 +180,7 @@ function pointerTo(buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
   return new Uint8Array(new BigUint64Array([address]).buffer);
 }
 
-function encodeSession(session: Ptr): Uint8Array<ArrayBuffer> | undefined {
+export function encodeSession(session: Ptr): Uint8Array<ArrayBuffer> | undefined {
   const { ssl } = lib();
   const length = ssl.i2d_SSL_SESSION(session, null);
   if (length <= 0) {
@@ -192,7 +195,7 @@ function encodeSession(session: Ptr): Uint8Array<ArrayBuffer> | undefined {
   return der;
 }
 
-function decodeSession(der: Uint8Array): Ptr {
+export function decodeSession(der: Uint8Array): Ptr {
   const copy = new Uint8Array(der);
   const session = lib().ssl.d2i_SSL_SESSION(null, pointerTo(copy), BigInt(copy.length));
   if (session === null) drainErrors();

@@ -36,6 +36,7 @@ import { applyConfigCommands, configureDh, watchRenegotiation } from "./policy.t
 import { configureVerification } from "./verify.ts";
 import { installServernameCallback } from "./sni.ts";
 import { configureStapling } from "./ocsp.ts";
+import { loadCertFromEngine, loadKeyFromEngine, serviceEngine } from "./engine.ts";
 import type { ServiceOptions } from "./types.ts";
 
 /** An OpenSSL failure: `what` is the failing call, `errors` the drained queue (oldest first). */
@@ -107,6 +108,9 @@ export type ContextOptions = Pick<
   | "verify"
   | "TIMEOUTbusy"
   | "TIMEOUTconnect"
+  | "engine"
+  | "sessiond"
+  | "CAengine"
 >;
 
 /** One SSL_CTX, shared by all connections of a service. */
@@ -235,23 +239,35 @@ export class TlsContext {
 
   private loadCertificate(cert: string, key: string, log: TlsContextLog): void {
     const { ssl } = lib();
-    log(6, `Loading certificate from file: ${cert}`);
-    // As stunnel: a .p12 file is a PKCS#12 bundle, anything else PEM.
-    if (!/\.p12$/i.test(cert)) {
+    // As stunnel: with `engineId`/`engineNum` the engine is asked first, then the files.
+    let certDone = false;
+    let keyDone = false;
+    if (this.opts.engine) {
+      const engine = serviceEngine(this.opts.engine);
+      certDone = loadCertFromEngine(this.ctx, engine, cert, log);
+      keyDone = loadKeyFromEngine(this.ctx, engine, key, log);
+    }
+    // As stunnel: a .p12 file is a PKCS#12 bundle (key included), anything else PEM.
+    if (!certDone && /\.p12$/i.test(cert)) {
+      log(6, `Loading certificate from file: ${cert}`);
+      this.loadPkcs12(Deno.readFileSync(cert));
+      log(6, `Certificate loaded from file: ${cert}`);
+      keyDone = true;
+    } else if (!certDone) {
+      log(6, `Loading certificate from file: ${cert}`);
       check(
         ssl.SSL_CTX_use_certificate_chain_file(this.ctx, cstr(cert)) === 1,
         "SSL_CTX_use_certificate_chain_file",
       );
       log(6, `Certificate loaded from file: ${cert}`);
+    }
+    if (!keyDone) {
       log(6, `Loading private key from file: ${key}`);
       check(
         ssl.SSL_CTX_use_PrivateKey_file(this.ctx, cstr(key), SSL_FILETYPE_PEM) === 1,
         "SSL_CTX_use_PrivateKey_file",
       );
       log(6, `Private key loaded from file: ${key}`);
-    } else {
-      this.loadPkcs12(Deno.readFileSync(cert));
-      log(6, `Certificate loaded from file: ${cert}`);
     }
     check(ssl.SSL_CTX_check_private_key(this.ctx) === 1, "Private key check failed");
     log(7, "Private key check succeeded");

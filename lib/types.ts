@@ -22,9 +22,8 @@ export interface GlobalOptions {
   /** 0..7: the global section's `debug` level, used for messages that belong to no service. */
   debugLevel: number;
   EGD?: string;
-  engine?: string;
-  engineCtrl: string[];
-  engineDefault?: string;
+  /** The `engine`, `engineCtrl` and `engineDefault` lines in file order (run in that order). */
+  engineSteps: EngineStep[];
   fips: boolean;
   foreground: Foreground;
   log: "append" | "overwrite";
@@ -46,8 +45,8 @@ export interface ServiceOptions {
   /** Section name; "" for inetd mode (no section). */
   name: string;
   accept?: Address;
-  /** Engine-specific CA certificate identifier (`CAengine`). */
-  CAengine?: string;
+  /** Engine-specific CA certificate identifiers (`CAengine`, one per line), in order. */
+  CAengine: string[];
   CAfile?: string;
   CApath?: string;
   cert?: string;
@@ -65,8 +64,8 @@ export interface ServiceOptions {
   /** 0..7, per service as in stunnel (the facility is global). */
   debugLevel: number;
   delay: boolean;
-  engineId?: string;
-  engineNum?: number;
+  /** `engineId` or `engineNum` (the last one counts): the engine of `key` and `cert`. */
+  engine?: EngineRef;
   exec?: string;
   execArgs?: string[];
   failover: "rr" | "prio";
@@ -128,6 +127,26 @@ export interface ServiceOptions {
   verifyPeer: boolean;
   /** The lines the options above came from, keyed by option name. */
   where: Record<string, Where>;
+}
+
+/** A configuration line as stunnel quotes it in an error: where, and its text. */
+export interface ConfigLine {
+  where: Where;
+  text: string;
+}
+
+/** One global `engine`, `engineCtrl` or `engineDefault` line. */
+export interface EngineStep {
+  option: "engine" | "engineCtrl" | "engineDefault";
+  value: string;
+  line: ConfigLine;
+}
+
+/** A service's `engineId = ID` or `engineNum = N` (1-based). */
+export interface EngineRef {
+  id?: string;
+  num?: number;
+  line: ConfigLine;
 }
 
 /** A PSKsecrets file: its identities and keys in file order. */

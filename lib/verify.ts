@@ -32,6 +32,7 @@ import {
   type TlsContextLog,
   TlsError,
 } from "./tls.ts";
+import { loadEngineCAs } from "./engine.ts";
 import type { ServiceOptions } from "./types.ts";
 
 /** What peer verification needs to know about a service. */
@@ -41,6 +42,8 @@ export type VerifyOptions = Pick<
   | "client"
   | "CAfile"
   | "CApath"
+  | "CAengine"
+  | "engine"
   | "CRLfile"
   | "CRLpath"
   | "requestCert"
@@ -119,6 +122,9 @@ function initTrustAnchors(context: TlsContext, opts: VerifyOptions, log: TlsCont
   if (opts.CAfile) ssl.SSL_add_file_cert_subjects_to_stack(names, cstr(opts.CAfile));
   if (opts.CApath) ssl.SSL_add_dir_cert_subjects_to_stack(names, cstr(opts.CApath));
   drainErrors();
+  if (opts.CAengine.length > 0) {
+    loadEngineCAs(context.ctx, opts.engine, opts.CAengine, names, log);
+  }
   const count = crypto.OPENSSL_sk_num(names);
   if (count <= 0) {
     freeNames(names);

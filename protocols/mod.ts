@@ -23,13 +23,16 @@ import { connect } from "./connect.ts";
 import { socks } from "./socks.ts";
 import { nntp } from "./nntp.ts";
 import { ldap } from "./ldap.ts";
+import { cifs } from "./cifs.ts";
+import { capwin, capwinctrl } from "./capwin.ts";
 
 export { Channel, ProtocolError } from "./channel.ts";
 export type { Negotiation, NegotiationContext, Phase } from "./channel.ts";
 
 /** The protocols implemented here, by name. */
 const REGISTRY: ReadonlyMap<string, Protocol> = new Map(
-  [smtp, proxy, pgsql, imap, pop3, connect, socks, nntp, ldap].map((p) => [p.name, p]),
+  [smtp, proxy, pgsql, imap, pop3, connect, socks, nntp, ldap, cifs, capwin, capwinctrl]
+    .map((p) => [p.name, p]),
 );
 
 /** Modes stunnel 5.68 itself does not support, with its error message. */
@@ -37,6 +40,7 @@ const STUNNEL_REFUSES: Record<string, { client?: string; server?: string }> = {
   proxy: { client: "The 'proxy' protocol is not supported in the client mode" },
   nntp: { server: "The 'nntp' protocol is not supported in the server mode" },
   ldap: { server: "The 'ldap' protocol is not supported in the server mode" },
+  capwinctrl: { server: "The 'capwinctrl' protocol is not supported in the server mode" },
 };
 
 /** The negotiation of `opts` (undefined without `protocol`); config checks passed. */
@@ -51,9 +55,12 @@ export function protocolIsEndpoint(opts: ServiceOptions): boolean {
   return negotiationFor(opts)?.endpoint === true;
 }
 
-/** True when `name` has an implementation in at least one mode (checked at its line). */
+/**
+ * True when `name` has an implementation in at least one mode, or a mode stunnel refuses (that
+ * refusal is its error then); checked at its line.
+ */
 export function protocolImplemented(name: string): boolean {
-  return REGISTRY.has(name.toLowerCase());
+  return REGISTRY.has(name.toLowerCase()) || name.toLowerCase() in STUNNEL_REFUSES;
 }
 
 /** A configuration error of a finished section, as the message and the line it names. */

@@ -1,5 +1,12 @@
 /**
- * SOCKS inside TLS, server mode (stunnel 5.68's socks_server): SOCKS 4, 4a and 5 CONNECT to the
+ * SOCKS inside TLS, as stunnel 5.68 does it.
+ *
+ * Client mode (socks_client): after the handshake, a SOCKS 5 CONNECT (no authentication) to the
+ * original destination of the accepted connection, i.e. the address a netfilter REDIRECT/DNAT
+ * rule sent elsewhere (getsockopt SO_ORIGINAL_DST), so that redirected plain connections travel
+ * through a remote socks service.
+ *
+ * Server mode (socks_server): SOCKS 4, 4a and 5 CONNECT to the
  * address the client asks for, which replaces `connect` (a socks section has no `connect`). As in
  * stunnel: the reply goes out before the target is connected (a refused connect closes the
  * connection after a success reply), BIND is not supported, the SOCKS 4 USERID and the SOCKS 5
@@ -8,6 +15,8 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIPv4 } from "node:net";
+import { errnoText, lib } from "../lib/ffi.ts";
+import { findConnFd } from "../lib/sockfd.ts";
 import type { Address } from "../lib/types.ts";
 import { type Channel, type NegotiationContext, type Protocol, ProtocolError } from "./channel.ts";
 
@@ -208,8 +217,83 @@ async function socks5(ch: Channel, ctx: NegotiationContext): Promise<void> {
   if (!ok) throw answered();
 }
 
+const SOL_IP = 0;
+const SOL_IPV6 = 41;
+const SO_ORIGINAL_DST = 80; // also IP6T_SO_ORIGINAL_DST
+const AF_INET = 2;
+const AF_INET6 = 10;
+
+/** The SOCKS 5 address (ATYP, address, port) of the original destination of `conn`. */
+function originalDst(conn: Deno.Conn): number[] {
+  const fd = conn.localAddr.transport === "tcp" ? findConnFd(conn) : undefined;
+  if (fd === undefined) {
+    throw new ProtocolError(
+      "getsockopt SO_ORIGINAL_DST: no TCP socket descriptor found for the local connection",
+      false,
+    );
+  }
+  const { libc } = lib();
+  const addr = new Uint8Array(128);
+  const len = new Uint32Array(1);
+  // stunnel asks for the IPv6 destination first, then the IPv4 one, and reports the last error.
+  let ok = false;
+  for (const level of [SOL_IPV6, SOL_IP]) {
+    len[0] = addr.length;
+    addr.fill(0);
+    if (libc.getsockopt(fd, level, SO_ORIGINAL_DST, addr, new Uint8Array(len.buffer)) === 0) {
+      ok = true;
+      break;
+    }
+  }
+  if (!ok) throw new ProtocolError(`getsockopt SO_ORIGINAL_DST: ${errnoText()}`, false);
+  const family = addr[0] | (addr[1] << 8);
+  const port = [addr[2], addr[3]];
+  if (family === AF_INET) return [0x01, ...addr.subarray(4, 8), ...port];
+  if (family === AF_INET6) return [0x04, ...addr.subarray(8, 24), ...port];
+  throw new ProtocolError(`Unsupported address type ${hex2(family)}`, false);
+}
+
+const SOCKS5_ERRORS: Record<number, string> = {
+  0x01: "General SOCKS server failure",
+  0x02: "Connection not allowed by ruleset",
+  0x03: "Network unreachable",
+  0x04: "Host unreachable",
+  0x05: "Connection refused",
+  0x06: "TTL expired",
+  0x07: "Command not supported",
+  0x08: "Address type not supported",
+};
+
 export const socks: Protocol = {
   name: "socks",
+  client: {
+    /** Inside TLS, after the handshake: the remote socks service connects the destination. */
+    async late({ tls, log, localConn }) {
+      const ch = tls!;
+      await ch.writeBytes(Uint8Array.of(0x05, 0x01, 0x00)); // NO AUTHENTICATION REQUIRED
+      const [ver, method] = await ch.readBytes(2);
+      if (ver !== 0x05) {
+        throw new ProtocolError(`Invalid SOCKS5 message version ${hex2(ver)}`, false);
+      }
+      if (method !== 0x00) {
+        throw new ProtocolError("No supported SOCKS5 authentication method received", false);
+      }
+      const [atyp, ...address] = originalDst(localConn);
+      log(6, `Sending SOCKS5 ${atyp === 0x04 ? "IPv6" : "IPv4"} address`);
+      await ch.writeBytes(Uint8Array.of(0x05, 0x01, 0x00, atyp, ...address)); // CONNECT
+      const reply = await ch.readBytes(4);
+      await ch.readBytes(reply[3] === 0x04 ? 18 : 6); // BND.ADDR and BND.PORT: not used
+      if (reply[0] !== 0x05) {
+        throw new ProtocolError(`Invalid SOCKS5 message version ${hex2(reply[0])}`, false);
+      }
+      if (reply[1] === 0x00) {
+        log(6, "SOCKS5 request succeeded");
+        return;
+      }
+      const why = SOCKS5_ERRORS[reply[1]] ?? `Unknown error ${hex2(reply[1])}`;
+      throw new ProtocolError(`SOCKS5 request failed: ${why}`, false);
+    },
+  },
   server: {
     endpoint: true,
     /** Inside TLS, before the connect: the request chooses the target. */

@@ -87,6 +87,7 @@ Deno.test("table: repeatable options are exactly stunnel's list ones", () => {
   assert.deepEqual(
     repeatable,
     [
+      "CAengine",
       "checkEmail",
       "checkHost",
       "checkIP",
@@ -167,7 +168,6 @@ Deno.test("error: bad value of each value type, in stunnel's words", () => {
       "compression = zlib",
       "Configured compression is unsupported: this libssl has no zlib support",
     ],
-    ["fips = yes", "FIPS support is not available: no FIPS provider is loaded"],
     ["accept = nosuchservice", 'Unknown TCP service "nosuchservice"'],
     ["accept = 65536", "Port number out of range (1..65535): 65536"],
     ["connect = 0", "Port 0 is only allowed for 'accept'"],
@@ -261,13 +261,8 @@ Deno.test("error: an error in an included file names that file and line", () => 
   );
 });
 
-Deno.test("error: a valid but unimplemented option is not supported yet", () => {
-  assertConfigError(
-    `${SERVER}libwrap = yes`,
-    `${CONF}:5: option 'libwrap' is not supported yet`,
-  );
-  assertConfigError(`pty = yes\n${SERVER}`, `${CONF}:1: option 'pty' is not supported yet`);
-  // Validation comes first: a bad value is reported as such.
+Deno.test("error: a bad yes/no value of libwrap", () => {
+  // (No option is "not supported yet" any more: libwrap and pty were the last examples.)
   assertConfigError(
     `${SERVER}libwrap = maybe`,
     `${CONF}:5: "libwrap = maybe": ${"The argument needs to be either 'yes' or 'no'"}`,
@@ -593,7 +588,7 @@ Deno.test("reference: -version defaults, -options and -sockets", () => {
 Deno.test("reference: the Markdown reference lists every option with its status", () => {
   const markdown = optionsMarkdown();
   for (const option of OPTIONS) assert.ok(markdown.includes(`| \`${option.name}\` |`), option.name);
-  assert.match(markdown, /\| `libwrap` .*\| not supported yet \|/);
+  assert.match(markdown, /\| `libwrap` .*\| supported \|/);
   assert.match(markdown, /\| `iconIdle` .*\| refused: /);
   assert.match(markdown, /\| `stack` .*has no effect/);
 });

@@ -396,13 +396,3 @@ e2e("protocol configuration: nntp and ldap are refused in the server mode", {}, 
     /The 'ldap' protocol is not supported in the server mode/,
   );
 });
-
-e2e("socks client mode is refused as not supported yet", {
-  extra: "stunnel 5.68 has a socks client mode (SOCKS 5 to the transparent destination)",
-}, async () => {
-  const base = `${GLOBALS}[c]\nclient = yes\naccept = 127.0.0.1:1\nconnect = 127.0.0.1:2\n`;
-  assertMatch(
-    await configError(base + "protocol = socks\n"),
-    /bad\.conf:\d+: protocol 'socks' is not supported yet in the client mode/,
-  );
-});

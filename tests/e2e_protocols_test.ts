@@ -538,13 +538,14 @@ async function configError(text: string): Promise<string> {
 }
 
 e2e("protocol configuration errors name the line", {
-  extra: "stunnel accepts unused protocol* options and knows ldap/nntp/cifs/socks",
+  extra: "stunnel accepts unused protocol* options, crashes on capwin without protocolHost, on " +
+    "NTLM without domain",
 }, async () => {
   const pki = await makePki();
   const base = `${GLOBALS}[s]\naccept = 127.0.0.1:1\nconnect = 127.0.0.1:2\n${certLines(pki)}`;
   assertMatch(
-    await configError(base + "protocol = cifs\n"),
-    /bad\.conf:\d+: protocol 'cifs' is not supported yet/,
+    await configError(base + "protocol = capwin\n"),
+    /bad\.conf:\d+: protocol 'capwin' needs 'protocolHost'/,
   );
   assertMatch(
     await configError(base + "protocol = proxy\nprotocolUsername = x\n"),
@@ -564,6 +565,6 @@ e2e("protocol configuration errors name the line", {
         "client = yes\nprotocol = connect\nprotocolHost = a:1\nprotocolAuthentication = NTLM\n" +
         "protocolUsername = u\nprotocolPassword = p\n",
     ),
-    /protocolAuthentication 'NTLM' is not supported yet/,
+    /bad\.conf:\d+: protocolAuthentication 'NTLM' needs 'protocolDomain'/,
   );
 });
