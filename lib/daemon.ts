@@ -83,6 +83,8 @@ export class Daemon {
   private log: Logger;
   private services: Service[] = [];
   private readonly connections = new Set<Connection>();
+  /** Connections accepted so far by this thread (the supervisor's measure of new load). */
+  accepted = 0;
   /** Which service each listening socket accepts for. */
   private readonly owners = new Map<Deno.Listener, Service>();
   /** connect+exec sections whose program runs (or is restarted: `retry`). */
@@ -232,6 +234,7 @@ export class Daemon {
     log = this.sink.bind(this.connectionId(service.opts.logId), service.opts.debugLevel),
   ): Promise<void> {
     const connection = new Connection(service, conn, log);
+    this.accepted++;
     this.connections.add(connection);
     return connection.run().finally(() => {
       this.connections.delete(connection);
