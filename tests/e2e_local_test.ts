@@ -172,13 +172,14 @@ async function inetd(
   const conf = `${dir}/stunnel.conf`;
   await Deno.writeTextFile(conf, config.replaceAll("@LOG@", log));
   const [port] = freePorts(1);
-  const quote = (arg: string) => `'${arg.replaceAll("'", "'\\''")}'`;
-  const command = [...PROXY, conf].map(quote).join(" ");
+  const words = [...PROXY, conf];
+  // socat's EXEC splits its command on spaces and ends it at ':' or ','.
+  if (words.some((w) => /\s/.test(w))) throw new Error(`a space in ${words.join(" ")}`);
+  const command = words.join(" ").replaceAll(":", "\\:").replaceAll(",", "\\,");
   const socat = spawn([
     "socat",
     `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork`,
-    // socat's EXEC splits on spaces; a shell takes the quoted command as one argument.
-    `SYSTEM:${command.replaceAll(":", "\\:").replaceAll(",", "\\,")}`,
+    `EXEC:${command}`,
   ], { stdin: false });
   await waitForPort(port);
   return { port, log, socat };
