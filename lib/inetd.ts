@@ -11,12 +11,11 @@ import { setUpGlobalCrypto } from "./engine.ts";
 import { lib } from "./ffi.ts";
 import { early, LogSink } from "./log.ts";
 import { Service } from "./service.ts";
+import { decodeSockAddr } from "./sockfd.ts";
 import { TlsError } from "./tls.ts";
 import type { Configuration } from "./types.ts";
 
 const SHUT_WR = 1;
-const AF_INET = 2;
-const AF_INET6 = 10;
 
 /** The peer of descriptor 0 if it is an IP socket; else an unnamed Unix peer (a pipe too). */
 function stdinPeer(): Deno.Addr {
@@ -24,21 +23,7 @@ function stdinPeer(): Deno.Addr {
   const len = new Uint32Array([buf.length]);
   const unnamed = { transport: "unix", path: "" } as Deno.UnixAddr;
   if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return unnamed;
-  const view = new DataView(buf.buffer);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
-  if (family === AF_INET) {
-    return { transport: "tcp", hostname: buf.subarray(4, 8).join("."), port };
-  }
-  if (family === AF_INET6) {
-    const words = Array.from({ length: 8 }, (_, i) => view.getUint16(8 + 2 * i, false));
-    const mapped = words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff;
-    const hostname = mapped
-      ? buf.subarray(20, 24).join(".")
-      : words.map((w) => w.toString(16)).join(":").replace(/(^|:)0(:0)+(:|$)/, "::");
-    return { transport: "tcp", hostname, port };
-  }
-  return unnamed;
+  return decodeSockAddr(buf, len[0]) ?? unnamed;
 }
 
 /**

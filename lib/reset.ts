@@ -10,9 +10,6 @@ import { findConnFd, SOL_SOCKET } from "./sockfd.ts";
 
 const SO_LINGER = 13;
 
-/** The descriptor of a connected TCP socket of ours (protocols/socks.ts uses it too). */
-export const findSocketFd = findConnFd;
-
 /** A connection that closes itself with RST (netconn.ts: its socket is not Deno's). */
 interface Resettable {
   resetNow(): boolean;
