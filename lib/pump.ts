@@ -38,6 +38,8 @@ class BufferPool {
 
 const pool = new BufferPool();
 
+const DONE: Promise<void> = Promise.resolve();
+
 /**
  * A socket's read buffer starts small, so that idle connections pin little memory, and grows
  * while reads come back full (a busy stream) up to 64 KiB, which costs far less CPU per byte
@@ -82,7 +84,7 @@ export class PlainStream implements Stream {
   }
 
   async write(data: Uint8Array<ArrayBuffer>): Promise<void> {
-    let offset = 0;
+    let offset = await this.conn.write(data);
     while (offset < data.length) offset += await this.conn.write(data.subarray(offset));
   }
 
@@ -186,14 +188,14 @@ export class TlsStream implements Stream {
       if (this.peerEnd === "eof") return null;
       // Output produced while reading (tickets, key updates, renegotiation) is sent without
       // waiting: a peer that is itself blocked writing to us only drains once we read.
-      this.flush().catch(() => {});
+      if (this.flushing === null && this.tls.pendingOutput() > 0) this.flush().catch(() => {});
       await this.fill();
     }
   }
 
   /** SSL_read returns one record at a time: batch what is already here into one chunk. */
   private readMore(out: Uint8Array<ArrayBuffer>, have: number): number {
-    while (out.length - have >= 16384) {
+    while (out.length - have >= 16384 && this.tls.pendingInput() > 0) {
       const r = this.tls.read(out.subarray(have));
       if (typeof r !== "number") break;
       have += r;
@@ -224,21 +226,25 @@ export class TlsStream implements Stream {
    * while it runs share it, and it keeps going until the engine has nothing more to send.
    */
   flush(): Promise<void> {
-    this.flushing ??= this.drain().finally(() => this.flushing = null);
-    return this.flushing;
+    if (this.flushing) return this.flushing;
+    // drain() must reach its first await before it may clear `flushing`.
+    if (this.tls.pendingOutput() === 0) return DONE;
+    return this.flushing = this.drain();
   }
 
   private async drain(): Promise<void> {
-    for (;;) {
-      const pending = this.tls.pendingOutput();
-      if (pending === 0) return;
-      const out = pool.get();
-      try {
-        const n = this.tls.takeOutput(out);
-        await this.socket.write(out.subarray(0, n));
-      } finally {
-        pool.put(out);
+    try {
+      while (this.tls.pendingOutput() > 0) {
+        const out = pool.get();
+        try {
+          const n = this.tls.takeOutput(out);
+          await this.socket.write(out.subarray(0, n));
+        } finally {
+          pool.put(out);
+        }
       }
+    } finally {
+      this.flushing = null;
     }
   }
 

@@ -470,6 +470,11 @@ export class TlsConnection {
     if (r < 0) this.failUnlessRetry(r, "SSL_shutdown");
   }
 
+  /** Bytes of ciphertext from the peer not yet decrypted (the rest of a batch of records). */
+  pendingInput(): number {
+    return Number(lib().crypto.BIO_ctrl(this.rbio, BIO_CTRL_PENDING, 0n, null));
+  }
+
   /** Bytes of ciphertext waiting to be sent to the peer. */
   pendingOutput(): number {
     return Number(lib().crypto.BIO_ctrl(this.wbio, BIO_CTRL_PENDING, 0n, null));
