@@ -20,17 +20,15 @@ import {
   freePorts,
   GLOBALS,
   makePki,
-  run,
   sClient,
   type Scope,
   sha256Hex,
+  SOFTHSM_MODULE,
+  softHsmToken,
   startProxy,
   tlsConnect,
 } from "./helpers.ts";
 
-const SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
-const PKCS11_ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
-const PKCS11_TOOL = "/usr/bin/pkcs11-tool";
 const TOKEN = "stunnelTest";
 const PIN = "1234";
 const KEY_LABEL = "serverKey";
@@ -41,69 +39,11 @@ const CA_LABEL = "testRootCa";
  * certificate of the test PKI, and SOFTHSM2_CONF pointing at it (inherited by the proxy).
  * Returns the key's pkcs11 URI.
  */
-async function softHsmToken(scope: Scope): Promise<string> {
-  for (const file of [SOFTHSM_MODULE, PKCS11_ENGINE, "/usr/bin/softhsm2-util", PKCS11_TOOL]) {
-    const present = await Deno.stat(file).then(() => true, () => false);
-    assert(present, `${file} is missing: install softhsm2, libengine-pkcs11-openssl, opensc`);
-  }
+async function softHsmServerToken(scope: Scope): Promise<string> {
   const pki = await makePki();
-  const dir = await scope.tempDir("e2e-softhsm-");
-  await Deno.mkdir(`${dir}/tokens`);
-  await Deno.writeTextFile(
-    `${dir}/softhsm2.conf`,
-    `directories.tokendir = ${dir}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n`,
-  );
-  Deno.env.set("SOFTHSM2_CONF", `${dir}/softhsm2.conf`);
-  scope.defer(() => Deno.env.delete("SOFTHSM2_CONF"));
-  const pkcs8 = `${dir}/key.p8`;
-  const tool = async (cmd: string[]) => {
-    const r = await run(cmd, 20_000);
-    assertEquals(r.code, 0, `${cmd.join(" ")}:\n${r.stdout}${r.stderr}`);
-  };
-  await tool(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", pki.serverEc.key, "-out", pkcs8]);
-  await tool([
-    "softhsm2-util",
-    "--init-token",
-    "--free",
-    "--label",
-    TOKEN,
-    "--pin",
-    PIN,
-    "--so-pin",
-    "567890",
-  ]);
-  await tool([
-    "softhsm2-util",
-    "--import",
-    pkcs8,
-    "--token",
-    TOKEN,
-    "--label",
-    KEY_LABEL,
-    "--id",
-    "01",
-    "--pin",
-    PIN,
-  ]);
-  await tool(["openssl", "x509", "-in", pki.ca, "-outform", "DER", "-out", `${dir}/ca.der`]);
-  await tool([
-    PKCS11_TOOL,
-    "--module",
-    SOFTHSM_MODULE,
-    "--token-label",
-    TOKEN,
-    "--login",
-    "--pin",
-    PIN,
-    "--write-object",
-    `${dir}/ca.der`,
-    "--type",
-    "cert",
-    "--label",
-    CA_LABEL,
-    "--id",
-    "02",
-  ]);
+  const token = await softHsmToken(scope, TOKEN, PIN);
+  await token.importKey(pki.serverEc.key, KEY_LABEL, "01");
+  await token.importCert(pki.ca, CA_LABEL, "02");
   return `pkcs11:token=${TOKEN};object=${KEY_LABEL};pin-value=${PIN}`;
 }
 
@@ -112,7 +52,7 @@ const ENGINE_LINES = `engine = pkcs11\nengineCtrl = MODULE_PATH:${SOFTHSM_MODULE
 e2e("engine: a server's private key from a pkcs11 token (engineId, engineNum)", {
   timeoutMs: 40_000,
 }, async (scope) => {
-  const uri = await softHsmToken(scope);
+  const uri = await softHsmServerToken(scope);
   const pki = await makePki();
   const echo = echoServer();
   const [byId, byNum] = freePorts(2);
@@ -151,7 +91,7 @@ e2e("engine: a server's private key from a pkcs11 token (engineId, engineNum)", 
 e2e("engine: a key the token does not hold fails the start with the engine's error", {
   timeoutMs: 30_000,
 }, async (scope) => {
-  await softHsmToken(scope);
+  await softHsmServerToken(scope);
   const pki = await makePki();
   const [port] = freePorts(1);
   const missing = `pkcs11:token=${TOKEN};object=noSuchKey;pin-value=${PIN}`;
@@ -169,7 +109,7 @@ e2e("engine: a key the token does not hold fails the start with the engine's err
 e2e("CAengine: client certificates verified against a CA certificate from the token", {
   timeoutMs: 40_000,
 }, async (scope) => {
-  await softHsmToken(scope);
+  await softHsmServerToken(scope);
   const pki = await makePki();
   const echo = echoServer();
   const [port] = freePorts(1);
@@ -215,7 +155,7 @@ async function failingStart(config: string): Promise<string> {
 e2e("engine: configuration errors name the line, with OpenSSL's reason", {
   timeoutMs: 50_000,
 }, async (scope) => {
-  await softHsmToken(scope);
+  await softHsmServerToken(scope);
   const pki = await makePki();
   const [port] = freePorts(1);
   const section = (extra: string) =>
