@@ -21,9 +21,9 @@ import {
   makePki,
   type Proxy,
   readExactly,
+  sClientEcho,
   type Scope,
   sleep,
-  spawn,
   sServer,
   startProxy,
   startStunnel4,
@@ -54,27 +54,9 @@ function secrets(key = KEY, mac = MAC): string {
   return `ticketKeySecret = ${key}\nticketMacSecret = ${mac}\n`;
 }
 
-/**
- * One openssl s_client connection through an echo backend: a line goes there and back (which,
- * in TLS 1.3, also means the tickets sent before it have arrived), then s_client closes.
- * Returns its output ("New, ..." or "Reused, ..."), or what it said when the handshake failed.
- */
-async function sClientOnce(port: number, args: string[]): Promise<string> {
-  const p = spawn([
-    "openssl",
-    "s_client",
-    "-connect",
-    `127.0.0.1:${port}`,
-    "-servername",
-    "localhost",
-    ...args,
-  ]);
-  await p.write("hello session\n");
-  await p.stdout.waitFor(() => /^hello session$/m.test(p.stdout.text()), 10_000, "the echo")
-    .catch(() => {});
-  await p.closeStdin();
-  await p.wait(10_000);
-  return p.output.text();
+/** One s_client connection through the echo backend (helpers.ts sClientEcho). */
+function sClientOnce(port: number, args: string[]): Promise<string> {
+  return sClientEcho(port, args, "hello session");
 }
 
 /** The "New, ..." or "Reused, ..." line of s_client's output. */

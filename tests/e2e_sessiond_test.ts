@@ -17,6 +17,7 @@ import {
   GLOBALS,
   makePki,
   REPO,
+  sClientEcho,
   type Scope,
   spawn,
   type Spawned,
@@ -39,22 +40,9 @@ async function serverConf(name: string, accept: number, backend: number, session
 
 /** One s_client connection through an echo backend; its "New, ..."/"Reused, ..." outcome. */
 async function sClientOnce(port: number, args: string[]): Promise<string> {
-  const p = spawn([
-    "openssl",
-    "s_client",
-    "-connect",
-    `127.0.0.1:${port}`,
-    "-servername",
-    "localhost",
-    ...args,
-  ]);
-  await p.write("hello cache\n");
-  await p.stdout.waitFor(() => /^hello cache$/m.test(p.stdout.text()), 10_000, "the echo")
-    .catch(() => {});
-  await p.closeStdin();
-  await p.wait(10_000);
-  const m = p.output.text().match(/^(New|Reused), (TLSv1\.[23]), Cipher is \S+$/m);
-  assert(m, `no session line in s_client's output:\n${p.output.text()}`);
+  const output = await sClientEcho(port, args, "hello cache");
+  const m = output.match(/^(New|Reused), (TLSv1\.[23]), Cipher is \S+$/m);
+  assert(m, `no session line in s_client's output:\n${output}`);
   return `${m[1]} ${m[2]}`;
 }
 

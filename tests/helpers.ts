@@ -1557,3 +1557,26 @@ export async function softHsmToken(
     },
   };
 }
+
+/**
+ * One openssl s_client connection through an echo backend: `line` goes there and back (which,
+ * in TLS 1.3, also means the tickets sent before it have arrived), then s_client closes.
+ * Returns its output ("New, ..." or "Reused, ..."), or what it said when the handshake failed.
+ */
+export async function sClientEcho(port: number, args: string[], line: string): Promise<string> {
+  const p = spawn([
+    "openssl",
+    "s_client",
+    "-connect",
+    `127.0.0.1:${port}`,
+    "-servername",
+    "localhost",
+    ...args,
+  ]);
+  await p.write(`${line}\n`);
+  await p.stdout.waitFor(() => p.stdout.text().split("\n").includes(line), 10_000, "the echo")
+    .catch(() => {});
+  await p.closeStdin();
+  await p.wait(10_000);
+  return p.output.text();
+}
