@@ -528,11 +528,20 @@ export function drainErrors(): OpenSslError[] {
 }
 
 /** The last errno of this thread as `strerror (N)`, as stunnel prints it. */
+/** The calling thread's errno, right after a failed libc call. */
+export function errno(): number {
+  const p = lib().libc.__errno_location();
+  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+}
+
+/** `strerror (N)`, as stunnel logs a system error. */
+export function errnoMessage(code: number): string {
+  return `${readCString(lib().libc.strerror(code))} (${code})`;
+}
+
+/** errnoMessage of the current errno. */
 export function errnoText(): string {
-  const { libc } = lib();
-  const p = libc.__errno_location();
-  const errno = p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-  return `${readCString(libc.strerror(errno))} (${errno})`;
+  return errnoMessage(errno());
 }
 
 export function opensslVersion(): string {

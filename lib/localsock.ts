@@ -2,7 +2,7 @@
  * The local socket of a connection (the one accepted): its `l:` socket options, and its original
  * destination for `transparent = destination`.
  */
-import { lib, readCString } from "./ffi.ts";
+import { errnoText, lib } from "./ffi.ts";
 import type { Logger } from "./log.ts";
 import type { Service } from "./service.ts";
 import { decodeSockAddr, findConnFd } from "./sockfd.ts";
@@ -59,7 +59,5 @@ export function originalDestination(conn: Deno.Conn): Address {
       return { kind: "tcp", host: a.hostname, port: a.port };
     }
   }
-  const p = libc.__errno_location();
-  const n = p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-  throw new Error(`getsockopt SO_ORIGINAL_DST: ${readCString(libc.strerror(n))} (${n})`);
+  throw new Error(`getsockopt SO_ORIGINAL_DST: ${errnoText()}`);
 }

@@ -7,7 +7,7 @@
  * Deno.Conn that the pumps use.
  */
 import { Socket } from "node:net";
-import { lib, readCString } from "./ffi.ts";
+import { errno, errnoMessage, lib, readCString } from "./ffi.ts";
 import type { Logger } from "./log.ts";
 import { lingerZero } from "./reset.ts";
 import {
@@ -31,15 +31,6 @@ const EADDRINUSE = 98;
 const EINTR = 4;
 const POLLIN = 1;
 const POLLOUT = 4;
-
-function errno(): number {
-  const p = lib().libc.__errno_location();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-}
-
-function errorText(n: number): string {
-  return `${readCString(lib().libc.strerror(n))} (${n})`;
-}
 
 /** A node error (ECONNRESET ...) as the Deno error the pumps and the log expect. */
 function denoError(e: unknown): Error {
@@ -211,7 +202,7 @@ async function connectSocket(
   const { libc } = lib();
   const fd = libc.socket(target.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    log(3, `remote socket: ${errorText(errno())}`);
+    log(3, `remote socket: ${errnoMessage(errno())}`);
     return undefined;
   }
   let handed = false;
@@ -237,10 +228,10 @@ function bindSource(fd: number, source: SockAddr, setup: ConnectSetup, log: Logg
     if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, on, 4) === 0) {
       log(6, "IP_TRANSPARENT socket option set");
     } else {
-      log(3, `setsockopt IP_TRANSPARENT: ${errorText(errno())}`);
+      log(3, `setsockopt IP_TRANSPARENT: ${errnoMessage(errno())}`);
       if (libc.setsockopt(fd, SOL_IP, IP_FREEBIND, on, 4) === 0) {
         log(6, "IP_FREEBIND socket option set");
-      } else log(3, `setsockopt IP_FREEBIND: ${errorText(errno())}`);
+      } else log(3, `setsockopt IP_FREEBIND: ${errnoMessage(errno())}`);
     }
   }
   const view = new DataView(source.bytes.buffer);
@@ -251,7 +242,7 @@ function bindSource(fd: number, source: SockAddr, setup: ConnectSetup, log: Logg
     }
     const n = errno();
     if (n !== EADDRINUSE) {
-      log(3, `bind (original port): ${errorText(n)}`);
+      log(3, `bind (original port): ${errnoMessage(n)}`);
       return false;
     }
   }
@@ -260,7 +251,7 @@ function bindSource(fd: number, source: SockAddr, setup: ConnectSetup, log: Logg
     log(6, "bind succeeded on an ephemeral port");
     return true;
   }
-  log(3, `bind (ephemeral port): ${errorText(errno())}`);
+  log(3, `bind (ephemeral port): ${errnoMessage(errno())}`);
   return false;
 }
 
@@ -279,7 +270,7 @@ async function connectFd(
   }
   const n = errno();
   if (n !== EINPROGRESS) {
-    log(3, `s_connect: connect ${label}: ${errorText(n)}`);
+    log(3, `s_connect: connect ${label}: ${errnoMessage(n)}`);
     return false;
   }
   log(7, `s_connect: s_poll_wait ${label}: waiting ${timeoutSeconds} seconds`);
@@ -294,7 +285,7 @@ async function connectFd(
     ready = await libc.poll(pollfd, 1n, Math.max(0, deadline - Date.now()));
   }
   if (ready < 0) {
-    log(3, `s_connect: s_poll_wait ${label}: ${errorText(EINTR)}`);
+    log(3, `s_connect: s_poll_wait ${label}: ${errnoMessage(EINTR)}`);
     return false;
   }
   if (ready === 0) {
@@ -312,7 +303,7 @@ async function connectFd(
   );
   const failed = got === 0 ? error[0] : errno();
   if (failed) {
-    log(3, `s_connect: connect ${label}: ${errorText(failed)}`);
+    log(3, `s_connect: connect ${label}: ${errnoMessage(failed)}`);
     return false;
   }
   log(5, `s_connect: connected ${label}`);

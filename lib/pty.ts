@@ -8,7 +8,7 @@
  * Deno's blocking thread pool. A closed connection therefore never leaves a thread waiting for
  * the program, and the descriptor is closed exactly once, after the last poll returned.
  */
-import { lib, readCString } from "./ffi.ts";
+import { errno, errnoMessage, lib } from "./ffi.ts";
 import type { Logger } from "./log.ts";
 
 const O_RDWR = 0x2;
@@ -23,21 +23,16 @@ const POLLOUT = 0x4;
 /** How long one poll() waits before it looks whether the connection ended (ms). */
 const POLL_SLICE_MS = 200;
 
-function errno(): number {
-  const p = lib().libc.__errno_location();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-}
-
 /** `what: strerror (N)`, as stunnel's ioerror() logs it. */
-function errnoMessage(what: string, code: number): string {
-  return `${what}: ${readCString(lib().libc.strerror(code))} (${code})`;
+function ioError(what: string, code: number): string {
+  return `${what}: ${errnoMessage(code)}`;
 }
 
 /** A new pseudo-terminal: our master descriptor and the slave's path (e.g. /dev/pts/3). */
 export function allocatePty(): { fd: number; name: string } {
   const { libc } = lib();
   const fd = libc.posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) throw new Error(errnoMessage("openpty", errno()));
+  if (fd < 0) throw new Error(ioError("openpty", errno()));
   const name = new Uint8Array(128);
   if (
     libc.grantpt(fd) !== 0 || libc.unlockpt(fd) !== 0 ||
@@ -45,7 +40,7 @@ export function allocatePty(): { fd: number; name: string } {
   ) {
     const code = errno();
     libc.close(fd);
-    throw new Error(errnoMessage("openpty", code));
+    throw new Error(ioError("openpty", code));
   }
   return { fd, name: new TextDecoder().decode(name.subarray(0, name.indexOf(0))) };
 }
@@ -81,7 +76,7 @@ export class PtyConn {
       // EIO: every descriptor of the slave is closed (the program ended).
       if (code === EIO) return null;
       if (code === EINTR) continue;
-      if (code !== EAGAIN) throw new Error(errnoMessage("read", code));
+      if (code !== EAGAIN) throw new Error(ioError("read", code));
       await this.wait(POLLIN);
     }
   }
@@ -94,9 +89,9 @@ export class PtyConn {
       const n = Number(libc.write(this.fd, data, BigInt(data.length)));
       if (n >= 0) return n;
       const code = errno();
-      if (code === EIO) throw new Deno.errors.BrokenPipe(errnoMessage("write", code));
+      if (code === EIO) throw new Deno.errors.BrokenPipe(ioError("write", code));
       if (code === EINTR) continue;
-      if (code !== EAGAIN) throw new Error(errnoMessage("write", code));
+      if (code !== EAGAIN) throw new Error(ioError("write", code));
       await this.wait(POLLOUT);
     }
   }
