@@ -15,6 +15,7 @@ import {
   assert,
   assertEquals,
   assertMatch,
+  configError,
   decode,
   e2e,
   echoServer,
@@ -24,7 +25,6 @@ import {
   makePki,
   type Pki,
   readExactly,
-  runProxy,
   type Scope,
   spawn,
   startProxy,
@@ -188,18 +188,6 @@ function clientConf(pki: Pki, ctrl: number, accept: number, server: number): str
     `[ctrl]\nclient = yes\naccept = 127.0.0.1:${ctrl}\nprotocol = capwinctrl\n` +
     `[c]\nclient = yes\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${server}\n` +
     `CAfile = ${pki.ca}\nverifyChain = yes\ncheckHost = localhost\nprotocol = capwin\n`;
-}
-
-async function configError(text: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/bad.conf`, text);
-    const r = await runProxy([`${dir}/bad.conf`]);
-    assert(r.code !== 0, "the configuration was accepted");
-    return r.stdout + r.stderr;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 // ------------------------------------------------------------------------------- client mode

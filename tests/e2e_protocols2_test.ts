@@ -9,12 +9,11 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_protocols2_test.ts
  */
 
-import { createServer } from "node:net";
-import { ScriptedPeer } from "./scripted_peer.ts";
+import { peerServer } from "./scripted_peer.ts";
 import {
-  assert,
   assertEquals,
   assertMatch,
+  configError,
   decode,
   e2e,
   echoServer,
@@ -26,8 +25,6 @@ import {
   type Pki,
   readExactly,
   run,
-  runProxy,
-  type Scope,
   startProxy,
   startStunnel4,
   tcpConnect,
@@ -196,18 +193,6 @@ e2e("socks hostile requests: version, methods, address type, commands, refused t
   await proxy.waitForLog(/s_connect: connect 0\.0\.0\.0:\d+: Connection refused \(111\)/);
 });
 
-async function configError(text: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/bad.conf`, text);
-    const r = await runProxy([`${dir}/bad.conf`]);
-    assert(r.code !== 0, "the configuration was accepted");
-    return r.stdout + r.stderr;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
 e2e(
   "socks configuration: the protocol is the second endpoint, `connect` is one too many",
   {},
@@ -222,21 +207,6 @@ e2e(
 );
 
 // ------------------------------------------------------------------------------- nntp, ldap
-
-/** A scripted server on loopback: `script` runs per connection; closed with the test. */
-async function peerServer(
-  scope: Scope,
-  script: (peer: ScriptedPeer) => Promise<void>,
-): Promise<{ port: number; failures: unknown[] }> {
-  const failures: unknown[] = [];
-  const server = createServer((sock) => {
-    script(new ScriptedPeer(sock)).catch((e) => failures.push(e)).finally(() => sock.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  scope.defer(() => server.close());
-  const addr = server.address();
-  return { port: typeof addr === "object" && addr ? addr.port : 0, failures };
-}
 
 function clientConf(pki: Pki, accept: number, connect: number, protocol: string): string {
   return GLOBALS +

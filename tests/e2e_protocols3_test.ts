@@ -12,13 +12,12 @@
 
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { createServer, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
-import { ScriptedPeer } from "./scripted_peer.ts";
+import { peerServer, ScriptedPeer } from "./scripted_peer.ts";
 import {
-  assert,
   assertEquals,
   assertMatch,
+  configError,
   decode,
   e2e,
   echoServer,
@@ -30,7 +29,6 @@ import {
   PROXY,
   readExactly,
   run,
-  runProxy,
   type Scope,
   startProxy,
   tcpConnect,
@@ -38,21 +36,6 @@ import {
 } from "./helpers.ts";
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
-
-/** A scripted server on loopback: `script` runs per connection; closed with the test. */
-async function peerServer(
-  scope: Scope,
-  script: (peer: ScriptedPeer) => Promise<void>,
-): Promise<{ port: number; failures: unknown[] }> {
-  const failures: unknown[] = [];
-  const server = createServer((sock: Socket) => {
-    script(new ScriptedPeer(sock)).catch((e) => failures.push(e)).finally(() => sock.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  scope.defer(() => server.close());
-  const addr = server.address();
-  return { port: typeof addr === "object" && addr ? addr.port : 0, failures };
-}
 
 function clientConf(pki: Pki, accept: number, connect: number, extra: string): string {
   return GLOBALS +
@@ -71,18 +54,6 @@ async function expectClose(conn: Deno.Conn, expect: number[] = []): Promise<void
   const got = await readExactly(conn, 1).then((b) => [...b], () => []);
   assertEquals(got, [], "no more data expected");
   conn.close();
-}
-
-async function configError(text: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/bad.conf`, text);
-    const r = await runProxy([`${dir}/bad.conf`]);
-    assert(r.code !== 0, "the configuration was accepted");
-    return r.stdout + r.stderr;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 // ------------------------------------------------------------------------------------- cifs

@@ -7,12 +7,11 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_protocols_test.ts
  */
 
-import { createServer } from "node:net";
-import { ScriptedPeer } from "./scripted_peer.ts";
+import { peerServer } from "./scripted_peer.ts";
 import {
-  assert,
   assertEquals,
   assertMatch,
+  configError,
   decode,
   e2e,
   encode,
@@ -21,7 +20,6 @@ import {
   makePki,
   type Pki,
   readExactly,
-  runProxy,
   startProxy,
   startStunnel4,
   tcpConnect,
@@ -64,22 +62,6 @@ async function startTls(conn: Deno.TcpConn, pki: Pki): Promise<Deno.TlsConn> {
 async function echoOver(conn: Deno.Conn, message: string): Promise<void> {
   await writeAll(conn, encode(message));
   assertEquals(decode(await readExactly(conn, encode(message).length)), message);
-}
-
-/** A node TCP server on loopback running `script` per connection; closed with the test. */
-async function nodeServer(
-  script: (io: ScriptedPeer) => Promise<void>,
-  scope: { defer(fn: () => void): void },
-): Promise<{ port: number; failures: unknown[] }> {
-  const failures: unknown[] = [];
-  const server = createServer((sock) => {
-    const io = new ScriptedPeer(sock);
-    script(io).catch((e) => failures.push(e)).finally(() => sock.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  scope.defer(() => server.close());
-  const addr = server.address();
-  return { port: typeof addr === "object" && addr ? addr.port : 0, failures };
 }
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
@@ -167,7 +149,7 @@ async function starttlsMta(
   opts: { refuse?: boolean; greeting?: string } = {},
 ) {
   const commands: string[] = [];
-  const server = await nodeServer(async (io) => {
+  const server = await peerServer(scope, async (io) => {
     io.write(opts.greeting ?? "220-mx.example.org ESMTP Postfix");
     if (!opts.greeting) io.write("220 mx.example.org continues");
     commands.push(await io.line());
@@ -183,7 +165,7 @@ async function starttlsMta(
     }
     io.write("220 2.0.0 Ready to start TLS");
     await io.upgradeEcho(pki);
-  }, scope);
+  });
   return { ...server, commands };
 }
 
@@ -340,12 +322,12 @@ e2e("pgsql server mode: SSLRequest answered 'S', then TLS to the backend", {}, a
 
 e2e("pgsql client mode: SSLRequest to a PostgreSQL-style server", {}, async (s) => {
   const pki = await makePki();
-  const pg = await nodeServer(async (io) => {
+  const pg = await peerServer(s, async (io) => {
     const req = await io.bytes(8);
     assertEquals([...req], [...SSL_REQUEST]);
     io.write(encode("S"));
     await io.upgradeEcho(pki);
-  }, s);
+  });
   const [port] = freePorts(1);
   await startProxy(clientConf(pki, port, pg.port, "protocol = pgsql\n"));
   const conn = await tcpConnect(port);
@@ -355,11 +337,11 @@ e2e("pgsql client mode: SSLRequest to a PostgreSQL-style server", {}, async (s) 
 
 e2e("pgsql hostile peers: no SSLRequest; a server answering 'N'", {}, async (s) => {
   const pki = await makePki();
-  const pg = await nodeServer(async (io) => {
+  const pg = await peerServer(s, async (io) => {
     await io.bytes(8);
     io.write(encode("N"));
     await io.line().catch(() => {});
-  }, s);
+  });
   const [p1, p2] = freePorts(2);
   const server = await startProxy(serverConf(pki, p1, pg.port, "protocol = pgsql\n"));
   const c1 = await tcpConnect(p1);
@@ -410,19 +392,19 @@ e2e("imap server mode: CAPABILITY gets STARTTLS, then TLS to the server", {}, as
 
 e2e("imap client mode, and a server without STARTTLS", {}, async (s) => {
   const pki = await makePki();
-  const imapd = await nodeServer(async (io) => {
+  const imapd = await peerServer(s, async (io) => {
     io.write("* OK IMAP4rev1 ready");
     const line = await io.line();
     if (line !== "stunnel STARTTLS") throw new Error(line);
     io.write("stunnel OK Begin TLS negotiation now");
     await io.upgradeEcho(pki);
-  }, s);
-  const noTls = await nodeServer(async (io) => {
+  });
+  const noTls = await peerServer(s, async (io) => {
     io.write("* OK IMAP4rev1 ready");
     await io.line();
     io.write("stunnel BAD unknown command");
     await io.line().catch(() => {});
-  }, s);
+  });
   const [p1, p2] = freePorts(2);
   await startProxy(clientConf(pki, p1, imapd.port, "protocol = imap\n"));
   const c1 = await tcpConnect(p1);
@@ -444,12 +426,12 @@ e2e("pop3 both modes: STLS, CAPA, and a client that does not want TLS", {}, asyn
     await writeLine(conn, `+OK got ${line}`);
     await waitClosed(conn).catch(() => {});
   });
-  const popd = await nodeServer(async (io) => {
+  const popd = await peerServer(s, async (io) => {
     io.write("+OK POP3 ready");
     if ((await io.line()) !== "STLS") throw new Error("no STLS");
     io.write("+OK Begin TLS negotiation");
     await io.upgradeEcho(pki);
-  }, s);
+  });
   const [p1, p2] = freePorts(2);
   const server = await startProxy(serverConf(pki, p1, backend.port, "protocol = pop3\n"));
   const c1 = await tcpConnect(p1);
@@ -482,7 +464,7 @@ e2e("pop3 both modes: STLS, CAPA, and a client that does not want TLS", {}, asyn
 e2e("connect client mode: CONNECT with Basic auth and a custom header", {}, async (s) => {
   const pki = await makePki();
   const requests: string[][] = [];
-  const httpProxy = await nodeServer(async (io) => {
+  const httpProxy = await peerServer(s, async (io) => {
     const head: string[] = [];
     for (let line = await io.line(); line !== ""; line = await io.line()) head.push(line);
     requests.push(head);
@@ -492,7 +474,7 @@ e2e("connect client mode: CONNECT with Basic auth and a custom header", {}, asyn
     }
     io.write("HTTP/1.1 200 Connection established\r\nProxy-Agent: test\r\n");
     await io.upgradeEcho(pki);
-  }, s);
+  });
   const [p1, p2] = freePorts(2);
   const proxy = await startProxy(clientConf(
     pki,
@@ -524,18 +506,6 @@ e2e("connect client mode: CONNECT with Basic auth and a custom header", {}, asyn
 });
 
 // ------------------------------------------------------------------------------- config errors
-
-async function configError(text: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/bad.conf`, text);
-    const r = await runProxy([`${dir}/bad.conf`]);
-    assert(r.code !== 0, "the configuration was accepted");
-    return r.stdout + r.stderr;
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 e2e("protocol configuration errors name the line", {
   extra: "stunnel accepts unused protocol* options, crashes on capwin without protocolHost, on " +

@@ -1580,3 +1580,16 @@ export async function sClientEcho(port: number, args: string[], line: string): P
   await p.wait(10_000);
   return p.output.text();
 }
+
+/** Runs the proxy on `text` as `bad.conf`, which it must refuse; its output. */
+export async function configError(text: string): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/bad.conf`, text);
+    const r = await runProxy([`${dir}/bad.conf`]);
+    assert(r.code !== 0, "the configuration was accepted");
+    return r.stdout + r.stderr;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

@@ -1,8 +1,8 @@
 /** A scripted protocol peer over a node socket, for the protocol negotiation tests. */
 import { Buffer } from "node:buffer";
-import type { Socket } from "node:net";
+import { createServer, type Socket } from "node:net";
 import { TLSSocket } from "node:tls";
-import { assertEquals, type Pki } from "./helpers.ts";
+import { assertEquals, type Pki, type Scope } from "./helpers.ts";
 
 /** A node socket read by lines or bytes, until it is upgraded to TLS (then it echoes). */
 export class ScriptedPeer {
@@ -74,4 +74,19 @@ export class ScriptedPeer {
       tls.on("end", () => tls.end());
     });
   }
+}
+
+/** A scripted server on loopback: `script` runs per connection; closed with the test. */
+export async function peerServer(
+  scope: Pick<Scope, "defer">,
+  script: (peer: ScriptedPeer) => Promise<void>,
+): Promise<{ port: number; failures: unknown[] }> {
+  const failures: unknown[] = [];
+  const server = createServer((sock: Socket) => {
+    script(new ScriptedPeer(sock)).catch((e) => failures.push(e)).finally(() => sock.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  scope.defer(() => server.close());
+  const addr = server.address();
+  return { port: typeof addr === "object" && addr ? addr.port : 0, failures };
 }
