@@ -2,8 +2,8 @@
  * stunnel's command line on Unix: `stunnel [FILE] | -fd N | -help | -version | -sockets | -options`
  */
 import { run, versionLines } from "./mod.ts";
-import { early } from "./lib/log.ts";
-import { helpText, optionsText, socketsText, versionDefaultsText } from "./lib/reference.ts";
+import { early } from "./lib/sys/log.ts";
+import { helpText, optionsText, socketsText, versionDefaultsText } from "./lib/config/reference.ts";
 
 /** Debian's stunnel4 reads this file when no argument is given. */
 const DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf";

@@ -1,19 +1,19 @@
 /**
  * Public API: run the proxy from a stunnel.conf, or embed a Daemon with a Configuration.
  */
-import { ConfigError, describeSource, loadConfig, parseConfigText } from "./lib/config.ts";
-import { newRuntime, StartError } from "./lib/daemon.ts";
-import { cstr, lib, O_RDWR, opensslVersion } from "./lib/ffi.ts";
-import { runInetd } from "./lib/inetd.ts";
-import { early, LogSink } from "./lib/log.ts";
-import { Supervisor } from "./lib/supervisor.ts";
-import type { Configuration } from "./lib/types.ts";
+import { ConfigError, describeSource, loadConfig, parseConfigText } from "./lib/config/parser.ts";
+import { newRuntime, StartError } from "./lib/proxy/daemon.ts";
+import { cstr, lib, O_RDWR, opensslVersion } from "./lib/sys/ffi.ts";
+import { runInetd } from "./lib/proxy/inetd.ts";
+import { early, LogSink } from "./lib/sys/log.ts";
+import { Supervisor } from "./lib/process/supervisor.ts";
+import type { Configuration } from "./lib/config/types.ts";
 
-export { ConfigError, loadConfig } from "./lib/config.ts";
-export { Daemon, StartError } from "./lib/daemon.ts";
-export { Supervisor } from "./lib/supervisor.ts";
-export { LogSink } from "./lib/log.ts";
-export type * from "./lib/types.ts";
+export { ConfigError, loadConfig } from "./lib/config/parser.ts";
+export { Daemon, StartError } from "./lib/proxy/daemon.ts";
+export { Supervisor } from "./lib/process/supervisor.ts";
+export { LogSink } from "./lib/sys/log.ts";
+export type * from "./lib/config/types.ts";
 
 /** The stunnel release whose behaviour this implementation follows. */
 export const STUNNEL_VERSION = "5.68";

@@ -16,10 +16,10 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
-import { formatAddress, parseAddress } from "../lib/address.ts";
-import type { Logger } from "../lib/log.ts";
-import { osErrorText } from "../lib/oserror.ts";
-import type { Address, ServiceOptions } from "../lib/types.ts";
+import { formatAddress, parseAddress } from "../lib/config/address.ts";
+import type { Logger } from "../lib/sys/log.ts";
+import { osErrorText } from "../lib/sys/oserror.ts";
+import type { Address, ServiceOptions } from "../lib/config/types.ts";
 import { type Channel, type Protocol, ProtocolError } from "./channel.ts";
 
 /** Field and record separators of the credentials (ASCII US and FS). */

@@ -1,6 +1,6 @@
 /** What protocol negotiations are made of: the channel they talk through and their shape. */
-import type { Logger } from "../lib/log.ts";
-import type { Address, ServiceOptions } from "../lib/types.ts";
+import type { Logger } from "../lib/sys/log.ts";
+import type { Address, ServiceOptions } from "../lib/config/types.ts";
 
 /** Something we can read bytes from and write bytes to (PlainStream or TlsStream). */
 export interface ByteStream {

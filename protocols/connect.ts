@@ -7,8 +7,8 @@
 import { type Channel, type Protocol, ProtocolError } from "./channel.ts";
 import { ntlmAvailable, ntlmType1, ntlmType3, NtlmUnavailable } from "./ntlm.ts";
 import { base64, isPrefix } from "./smtp.ts";
-import type { Logger } from "../lib/log.ts";
-import type { ServiceOptions } from "../lib/types.ts";
+import type { Logger } from "../lib/sys/log.ts";
+import type { ServiceOptions } from "../lib/config/types.ts";
 
 /** Reads header lines up to the empty line. */
 async function skipHeaders(ch: Channel): Promise<void> {

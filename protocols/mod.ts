@@ -12,7 +12,7 @@
  *   greeting before the handshake on the local socket);
  * - `late`: after both the handshake and the connect, right before the data transfer.
  */
-import type { ServiceOptions, Where } from "../lib/types.ts";
+import type { ServiceOptions, Where } from "../lib/config/types.ts";
 import { type Negotiation, type Protocol, PROTOCOL_OPTIONS } from "./channel.ts";
 import { imap } from "./imap.ts";
 import { pgsql } from "./pgsql.ts";

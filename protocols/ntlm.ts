@@ -8,7 +8,7 @@
  * (the default context, used by TLS, is unchanged). When that provider cannot be loaded the
  * messages cannot be built; `NtlmUnavailable` says why.
  */
-import { cstr, drainErrors, lib, type Ptr } from "../lib/ffi.ts";
+import { cstr, drainErrors, lib, type Ptr } from "../lib/sys/ffi.ts";
 
 /** MD4 and DES are not available; `message` is the reason, for the log. */
 export class NtlmUnavailable extends Error {

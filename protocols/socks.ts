@@ -15,9 +15,9 @@
  */
 import { lookup } from "node:dns/promises";
 import { isIPv4 } from "node:net";
-import { errnoText, lib } from "../lib/ffi.ts";
-import { findConnFd } from "../lib/sockfd.ts";
-import type { Address } from "../lib/types.ts";
+import { errnoText, lib } from "../lib/sys/ffi.ts";
+import { findConnFd } from "../lib/sys/sockfd.ts";
+import type { Address } from "../lib/config/types.ts";
 import { type Channel, type NegotiationContext, type Protocol, ProtocolError } from "./channel.ts";
 
 const hex2 = (n: number) => `0x${n.toString(16).padStart(2, "0")}`;

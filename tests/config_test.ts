@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { formatAddress, lookupTcpService, parseAddress } from "../lib/address.ts";
-import { type ConfigEnv, ConfigError, loadConfig, parseConfigText } from "../lib/config.ts";
-import { findOption, OPTIONS, SSL_OPTIONS } from "../lib/options.ts";
+import { formatAddress, lookupTcpService, parseAddress } from "../lib/config/address.ts";
+import { type ConfigEnv, ConfigError, loadConfig, parseConfigText } from "../lib/config/parser.ts";
+import { findOption, OPTIONS, SSL_OPTIONS } from "../lib/config/options.ts";
 import {
   helpLines,
   optionsLines,
@@ -9,8 +9,8 @@ import {
   optionsText,
   socketsLines,
   versionDefaultsLines,
-} from "../lib/reference.ts";
-import type { Configuration } from "../lib/types.ts";
+} from "../lib/config/reference.ts";
+import type { Configuration } from "../lib/config/types.ts";
 
 const CONF = "/etc/stunnel/test.conf";
 

@@ -26,7 +26,7 @@ import {
   serverCertLines,
   startProxy,
 } from "./helpers.ts";
-import { findOption } from "../lib/options.ts";
+import { findOption } from "../lib/config/options.ts";
 
 /** A valid server-mode service; its accept port must never listen when the file is bad. */
 function goodService(accept: number, connect: number): string {

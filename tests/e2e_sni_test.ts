@@ -31,7 +31,7 @@ import {
   withTimeout,
 } from "./helpers.ts";
 import { assert, assertEquals, assertMatch, assertNotEquals } from "./helpers.ts";
-import { matchesPattern } from "../lib/sni.ts";
+import { matchesPattern } from "../lib/tls/sni.ts";
 
 Deno.test("SNI patterns: stunnel's matches_wildcard", () => {
   const cases: [string, string, boolean][] = [

@@ -33,7 +33,7 @@ import {
   withTimeout,
   writeAll,
 } from "./helpers.ts";
-import { parseConfigText } from "../lib/config.ts";
+import { parseConfigText } from "../lib/config/parser.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -1,6 +1,6 @@
 /** Writes docs/options.md from the option table: `deno run -A tools/gen_options_doc.ts`. */
 
-import { optionsMarkdown } from "../lib/reference.ts";
+import { optionsMarkdown } from "../lib/config/reference.ts";
 
 const target = new URL("../docs/options.md", import.meta.url).pathname;
 await Deno.writeTextFile(target, optionsMarkdown());

@@ -1,0 +1,48 @@
+/**
+ * `reset = yes`: a connection that fails on our side is closed with a TCP RST (SO_LINGER 0)
+ * instead of a FIN, so that the peer cannot take the failure for an orderly end of data.
+ *
+ * Deno does not expose socket file descriptors, so the descriptor is found among this
+ * process's open sockets by its address pair (sockfd.ts). This runs only on the error path.
+ */
+import { cstr, lib, O_RDWR } from "../sys/ffi.ts";
+import { findConnFd, SOL_SOCKET } from "../sys/sockfd.ts";
+
+const SO_LINGER = 13;
+
+/** A connection that closes itself with RST (netconn.ts: its socket is not Deno's). */
+interface Resettable {
+  resetNow(): boolean;
+}
+
+/**
+ * Closes the socket of `conn` with RST at once; false if it could not be found. Deno's own
+ * close sends FIN first (shutdown before close), so the socket is closed here instead: its
+ * descriptor is replaced by /dev/null (dup2), which keeps the number taken until Deno closes it.
+ */
+export function resetNow(conn: Deno.Conn): boolean {
+  if (typeof (conn as Partial<Resettable>).resetNow === "function") {
+    return (conn as unknown as Resettable).resetNow();
+  }
+  if (conn.localAddr.transport !== "tcp") return false;
+  const { libc } = lib();
+  try {
+    const fd = findConnFd(conn);
+    if (fd === undefined) return false;
+    if (!lingerZero(fd)) return false;
+    const devNull = libc.open(cstr("/dev/null"), O_RDWR);
+    if (devNull < 0) return false;
+    const replaced = libc.dup2(devNull, fd) === fd;
+    libc.close(devNull);
+    return replaced;
+  } catch {
+    return false;
+  }
+}
+
+/** SO_LINGER {1, 0}: the next close of `fd` sends RST. */
+export function lingerZero(fd: number): boolean {
+  const linger = new Int32Array([1, 0]);
+  const bytes = new Uint8Array(linger.buffer);
+  return lib().libc.setsockopt(fd, SOL_SOCKET, SO_LINGER, bytes, linger.byteLength) === 0;
+}

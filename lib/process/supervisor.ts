@@ -1,0 +1,342 @@
+/**
+ * The process: the main thread's Daemon plus one Daemon per worker thread (each with its own
+ * listening sockets on the same addresses), signals, the pid file, chroot and privileges.
+ */
+import { describeSource } from "../config/parser.ts";
+import { Daemon, type Runtime, StartError } from "../proxy/daemon.ts";
+import { cstr, errnoText, lib } from "../sys/ffi.ts";
+import { type Logger, LogSink } from "../sys/log.ts";
+import { osErrorText } from "../sys/oserror.ts";
+import type { Configuration, GlobalOptions } from "../config/types.ts";
+import type { ToWorker, WorkerReply } from "./worker.ts";
+
+/** How often the load is looked at, and the share of that time which is saturation. */
+const SCALE_INTERVAL_MS = 500;
+const SATURATED = 0.9;
+/**
+ * New connections per interval below which another thread does not pay: it only receives new
+ * connections, so under a load of long-lived ones it would just compete for the cores (in the
+ * keep-alive benchmark a second thread made p99 latency 3x worse). 100 per 500 ms is about a
+ * third of what one thread handshakes per second with an ECDSA key, half with RSA.
+ */
+const NEW_CONNECTIONS = 100;
+
+/**
+ * How long the main thread has been running or waiting to run (ns, from the scheduler's
+ * statistics): a thread that wants a core all the time is saturated even while another
+ * process holds the core, which CPU time alone would not show.
+ */
+function mainThreadDemand(): { busyNs: number; atNs: number } {
+  const atNs = performance.now() * 1e6;
+  try {
+    const [run, wait] = Deno.readTextFileSync(`/proc/self/task/${Deno.pid}/schedstat`)
+      .split(" ").map(Number);
+    return { busyNs: run + wait, atNs };
+  } catch {
+    return { busyNs: 0, atNs };
+  }
+}
+
+/** Loads the configuration again on SIGHUP (from the same source). */
+export type ConfigLoader = () => Promise<Configuration>;
+
+/** The log sink of a worker thread: the same destinations, never truncating the file. */
+export function workerSink(global: GlobalOptions, stderrLevel: number): LogSink {
+  return new LogSink({ ...global, log: "append" }, stderrLevel);
+}
+
+export class Supervisor {
+  private readonly daemon: Daemon;
+  private readonly workers: Worker[] = [];
+  /** Answers awaited from the workers, by request id. */
+  private readonly pending = new Map<number, (reply: WorkerReply) => void>();
+  private nextRequest = 0;
+  private log: Logger;
+  private stopping = false;
+  private readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+  private readonly signalHandlers: [Deno.Signal, () => void][] = [];
+  private scaler: ReturnType<typeof setInterval> | undefined;
+  private scaling = false;
+  private demand = mainThreadDemand();
+  private accepted = 0;
+  private markStarted!: () => void;
+  private readonly started = new Promise<void>((resolve) => this.markStarted = resolve);
+
+  constructor(
+    private config: Configuration,
+    private readonly reloadConfig: ConfigLoader,
+    private sink: LogSink,
+    private readonly runtime: Runtime,
+    /** The most threads to serve with; all at start when `eager`, else added under load. */
+    private readonly threads: number,
+    private readonly eager = false,
+  ) {
+    this.log = sink.bind("ui", config.global.debugLevel);
+    this.daemon = new Daemon(config, sink, runtime);
+    this.stopped = new Promise((resolve) => this.resolveStopped = resolve);
+  }
+
+  /** Binds everything, then chroot, pid file and privileges; throws StartError when logged. */
+  async start(): Promise<void> {
+    // Signals are ours from the first moment the ports listen; they wait for start-up to end.
+    this.installSignals();
+    // Names are looked up before chroot: the jail need not have /etc/passwd and /etc/group.
+    const ids = this.lookupIds(this.config.global);
+    await this.daemon.start();
+    const { chroot, setuid, setgid } = this.config.global;
+    if (this.eager || chroot || setuid || setgid) {
+      // A worker started later could neither load its code outside the jail nor bind a
+      // privileged port again: then all of them start now.
+      for (let i = 1; i < this.threads; i++) await this.startWorker();
+      if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
+    } else if (this.threads > 1) {
+      this.scaler = setInterval(() => void this.scaleUp(), SCALE_INTERVAL_MS);
+    }
+    // The pid file path is inside the chroot jail, and written before privileges are dropped.
+    this.enterChroot(this.config.global);
+    this.writePidFile();
+    this.dropPrivileges(ids);
+    this.log(6, "Accepting new connections");
+    this.markStarted();
+  }
+
+  /**
+   * Adds a worker thread when the main one is saturated by new connections. Only new
+   * connections can go to it (the kernel spreads them over the SO_REUSEPORT sockets), so a load
+   * of long-lived connections stays where it is, and the threads do not compete for cores
+   * without need.
+   */
+  private async scaleUp(): Promise<void> {
+    const now = mainThreadDemand();
+    const demand = now.busyNs - this.demand.busyNs;
+    const wall = now.atNs - this.demand.atNs;
+    this.demand = now;
+    const busy = demand / wall;
+    const arrived = this.daemon.accepted - this.accepted;
+    this.accepted = this.daemon.accepted;
+    if (this.scaling || this.stopping || !(busy >= SATURATED) || arrived < NEW_CONNECTIONS) {
+      return;
+    }
+    this.scaling = true;
+    try {
+      await this.startWorker();
+      this.log(6, `Serving with ${this.workers.length + 1} threads`);
+    } catch {
+      this.log(3, "Could not start another thread");
+    } finally {
+      this.scaling = false;
+    }
+    if (this.workers.length + 1 >= this.threads) clearInterval(this.scaler);
+  }
+
+  /** Resolves when a signal has stopped the process. */
+  wait(): Promise<void> {
+    return this.stopped;
+  }
+
+  private async startWorker(): Promise<void> {
+    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    worker.onmessage = (e: MessageEvent<WorkerReply>) => this.pending.get(e.data.id)?.(e.data);
+    worker.onerror = (e) => {
+      e.preventDefault();
+      this.log(3, `Worker thread failed: ${e.message}`);
+    };
+    const reply = await this.ask(worker, {
+      type: "start",
+      config: this.config,
+      runtime: { ...this.runtime, worker: true },
+      stderrLevel: this.config.global.foreground === "yes" ? 7 : -1,
+    });
+    if (!reply.ok) {
+      await this.ask(worker, { type: "stop" }, 2000);
+      worker.terminate();
+      throw new StartError("worker thread");
+    }
+    // Only a started worker takes part in reloads and the stop.
+    this.workers.push(worker);
+  }
+
+  private ask(worker: Worker, message: ToWorker, timeoutMs = 30_000): Promise<WorkerReply> {
+    const id = this.nextRequest++;
+    return new Promise((resolve) => {
+      const done = (reply: WorkerReply) => {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        resolve(reply);
+      };
+      const timer = setTimeout(() => done({ id, ok: false }), timeoutMs);
+      this.pending.set(id, done);
+      worker.postMessage({ ...message, id });
+    });
+  }
+
+  private async broadcast(message: ToWorker): Promise<boolean> {
+    const replies = await Promise.all(this.workers.map((w) => this.ask(w, message)));
+    return replies.every((r) => r.ok);
+  }
+
+  private installSignals(): void {
+    const on = (signal: Deno.Signal, handler: () => void) => {
+      const deferred = () => void this.started.then(handler);
+      Deno.addSignalListener(signal, deferred);
+      this.signalHandlers.push([signal, deferred]);
+    };
+    on("SIGHUP", () => void this.reload());
+    // The workers first: once the main thread says "Log file reopened", every thread writes
+    // to the new file.
+    on(
+      "SIGUSR1",
+      () => void this.broadcast({ type: "reopen" }).then(() => this.daemon.reopenLog()),
+    );
+    on("SIGUSR2", () => void this.listConnections());
+    for (const signal of ["SIGTERM", "SIGINT", "SIGQUIT"] as const) {
+      on(signal, () => void this.stop("Terminated"));
+    }
+  }
+
+  /** SIGUSR2: every thread's connections, in stunnel's words (at level 0: always shown). */
+  private async listConnections(): Promise<void> {
+    const lines = this.daemon.connectionSummaries();
+    const replies = await Promise.all(this.workers.map((w) => this.ask(w, { type: "list" })));
+    for (const reply of replies) lines.push(...reply.lines ?? []);
+    this.log(0, "Active connections:");
+    lines.forEach((line, i) => this.log(0, `Active connection ${i + 1}: ${line}`));
+    this.log(0, `Listed ${lines.length} active connection(s)`);
+  }
+
+  /** SIGHUP: the new configuration replaces the old one only if all of it works. */
+  async reload(): Promise<void> {
+    this.log(5, `Reading configuration from ${describeSource(this.config.source)}`);
+    const keep = () => {
+      this.log(3, "Configuration failed");
+      this.log(3, "Failed to reload the configuration file");
+    };
+    let next: Configuration;
+    try {
+      next = await this.reloadConfig();
+    } catch (e) {
+      const lines = (e as { lines?: readonly string[] }).lines ?? [(e as Error).message];
+      for (const line of lines) this.log(3, line);
+      keep();
+      return;
+    }
+    // Options that are not reloaded, as in stunnel.
+    const global = { ...next.global };
+    for (const name of ["chroot", "foreground", "pid", "setgid", "setuid"] as const) {
+      (global as Record<string, unknown>)[name] = this.config.global[name];
+    }
+    next = { ...next, global };
+    const sink = new LogSink(global, this.sink.stderrLevel);
+    try {
+      sink.open();
+    } catch (e) {
+      this.log(3, `Cannot open log file ${global.output}: ${osErrorText(e)}`);
+      keep();
+      return;
+    }
+    if (!await this.daemon.apply(next, sink)) {
+      sink.close();
+      keep();
+      return;
+    }
+    this.sink = sink;
+    this.log = sink.bind("ui", global.debugLevel);
+    this.config = next;
+    if (!await this.broadcast({ type: "reload", config: next })) {
+      this.log(3, "A worker thread kept its old configuration; see its messages above");
+    }
+  }
+
+  async stop(reason: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
+    clearInterval(this.scaler);
+    await this.broadcast({ type: "stop" });
+    for (const w of this.workers) w.terminate();
+    this.removePidFile();
+    this.daemon.stop(reason);
+    this.resolveStopped();
+  }
+
+  private writePidFile(): void {
+    const { pid } = this.config.global;
+    if (!pid) {
+      this.log(7, "No pid file being created");
+      return;
+    }
+    this.log(7, `Creating pid file ${pid}`);
+    try {
+      Deno.writeTextFileSync(pid, `${Deno.pid}\n`);
+    } catch (e) {
+      this.log(3, `Cannot create pid file ${pid}: ${osErrorText(e)}`);
+      throw new StartError("pid file");
+    }
+  }
+
+  private removePidFile(): void {
+    const { pid } = this.config.global;
+    if (!pid) return;
+    try {
+      Deno.removeSync(pid);
+    } catch (e) {
+      this.log(3, `Cannot remove pid file ${pid}: ${osErrorText(e)}`);
+    }
+  }
+
+  private enterChroot(global: GlobalOptions): void {
+    if (!global.chroot) return;
+    const { libc } = lib();
+    if (libc.chroot(cstr(global.chroot)) !== 0 || libc.chdir(cstr("/")) !== 0) {
+      this.log(3, `chroot ${global.chroot}: ${errnoText()}`);
+      throw new StartError("chroot");
+    }
+    this.log(6, `Switched to chroot directory: ${global.chroot}`);
+  }
+
+  private lookupIds(global: GlobalOptions): { uid?: number; gid?: number } {
+    const ids: { uid?: number; gid?: number } = {};
+    if (global.setgid) {
+      ids.gid = lookupId(global.setgid, "group");
+      if (ids.gid === undefined) {
+        this.log(3, `Invalid group name: ${global.setgid}`);
+        throw new StartError("setgid");
+      }
+    }
+    if (global.setuid) {
+      ids.uid = lookupId(global.setuid, "user");
+      if (ids.uid === undefined) {
+        this.log(3, `Invalid user name: ${global.setuid}`);
+        throw new StartError("setuid");
+      }
+    }
+    return ids;
+  }
+
+  /** setgid (clearing supplementary groups), then setuid, as stunnel does; for all threads. */
+  private dropPrivileges({ uid, gid }: { uid?: number; gid?: number }): void {
+    const { libc } = lib();
+    if (gid !== undefined) {
+      if (libc.setgroups(0n, new Uint8Array(0)) !== 0 || libc.setgid(gid) !== 0) {
+        this.log(3, `setgid ${gid}: ${errnoText()}`);
+        throw new StartError("setgid");
+      }
+    }
+    if (uid !== undefined && libc.setuid(uid) !== 0) {
+      this.log(3, `setuid ${uid}: ${errnoText()}`);
+      throw new StartError("setuid");
+    }
+  }
+}
+
+/** A numeric id, or the id of a user/group name (getpwnam/getgrnam). */
+function lookupId(name: string, kind: "user" | "group"): number | undefined {
+  if (/^\d+$/.test(name)) return Number(name);
+  const { libc } = lib();
+  const entry = kind === "user" ? libc.getpwnam(cstr(name)) : libc.getgrnam(cstr(name));
+  if (entry === null) return undefined;
+  // struct passwd { char *pw_name; char *pw_passwd; uid_t pw_uid; ... } and
+  // struct group { char *gr_name; char *gr_passwd; gid_t gr_gid; ... }: the id is at offset 16.
+  return new Deno.UnsafePointerView(entry).getUint32(16);
+}

@@ -1,0 +1,69 @@
+/** A worker thread: one more Daemon on the same configuration, driven by the Supervisor. */
+import { Daemon, type Runtime } from "../proxy/daemon.ts";
+import { workerSink } from "./supervisor.ts";
+import type { Configuration } from "../config/types.ts";
+
+export type ToWorker =
+  | { type: "start"; config: Configuration; runtime: Runtime; stderrLevel: number }
+  | { type: "reload"; config: Configuration }
+  | { type: "reopen" }
+  | { type: "list" }
+  | { type: "stop" };
+
+export interface WorkerReply {
+  id: number;
+  ok: boolean;
+  /** The answer to "list": one summary per open connection. */
+  lines?: string[];
+}
+
+interface Context {
+  daemon?: Daemon;
+  stderrLevel: number;
+}
+
+async function handle(message: ToWorker, context: Context): Promise<boolean | string[]> {
+  switch (message.type) {
+    case "start": {
+      context.stderrLevel = message.stderrLevel;
+      const sink = workerSink(message.config.global, message.stderrLevel);
+      sink.open();
+      const daemon = new Daemon(message.config, sink, message.runtime);
+      context.daemon = daemon;
+      await daemon.start();
+      return true;
+    }
+    case "reload": {
+      const sink = workerSink(message.config.global, context.stderrLevel);
+      sink.open();
+      const applied = await context.daemon!.apply(message.config, sink);
+      if (!applied) sink.close();
+      return applied;
+    }
+    case "reopen":
+      context.daemon?.reopenLog();
+      return true;
+    case "list":
+      return context.daemon?.connectionSummaries() ?? [];
+    case "stop":
+      context.daemon?.stop("Worker thread terminated");
+      return true;
+  }
+}
+
+const context: Context = { stderrLevel: -1 };
+const scope = self as unknown as {
+  onmessage: (e: MessageEvent<ToWorker & { id: number }>) => void;
+  postMessage(reply: WorkerReply): void;
+};
+scope.onmessage = (e) => {
+  handle(e.data, context).then(
+    (result) =>
+      scope.postMessage(
+        Array.isArray(result)
+          ? { id: e.data.id, ok: true, lines: result }
+          : { id: e.data.id, ok: result },
+      ),
+    () => scope.postMessage({ id: e.data.id, ok: false }),
+  );
+};

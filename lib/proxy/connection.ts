@@ -1,0 +1,372 @@
+/** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
+import type { Logger } from "../sys/log.ts";
+import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
+import type { Service } from "./service.ts";
+import { osErrorText } from "../sys/oserror.ts";
+import { resetNow } from "../net/reset.ts";
+import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
+import { checkPeerOcsp } from "../tls/ocsp.ts";
+import { attachSni } from "../tls/sni.ts";
+import { TlsError } from "../tls/context.ts";
+import type { TlsConnection } from "../tls/context.ts";
+import { execEnvironment, spawnExec } from "../local/exec.ts";
+import { identAuth } from "../access/ident.ts";
+import { libwrapAuth } from "../access/libwrap.ts";
+import { peerAuthenticated } from "../tls/verify.ts";
+import type { Address } from "../config/types.ts";
+import {
+  Channel,
+  type Negotiation,
+  type NegotiationContext,
+  negotiationFor,
+  type Phase,
+  ProtocolError,
+} from "../../protocols/mod.ts";
+
+export function formatPeer(addr: Deno.Addr): string {
+  if (addr.transport === "tcp" || addr.transport === "udp") {
+    return `${addr.hostname}:${addr.port}`;
+  }
+  return (addr as Deno.UnixAddr).path || "unnamed socket";
+}
+
+/** Which wait ran out, in stunnel's words; `fatal` ones end with a reset. */
+interface TimedOut {
+  line: string;
+  fatal: boolean;
+}
+
+export class Connection {
+  /** ms since epoch of the last byte moved in either direction. */
+  lastActivity = Date.now();
+  /** Both read sides still open (else the close timeout applies). */
+  bothOpen = true;
+  /** Set while waiting for the peer in the handshake: TIMEOUTbusy applies. */
+  busy = false;
+  /** What the busy wait is, for its timeout line (a protocol negotiation names its read). */
+  private busyStep = "ssl_start";
+  /** Chosen by the protocol negotiation (socks): connect there instead of `connect`. */
+  private targets: Address[] | undefined;
+  private toTls = 0;
+  private toSocket = 0;
+  private streams: Stream[] = [];
+  /** Every socket of this connection, for `reset = yes`. */
+  private sockets: Deno.Conn[] = [];
+  private tlsStream: TlsStream | undefined;
+  private timedOut: TimedOut | undefined;
+  /** The peer failed authentication: connect to `redirect` instead of `connect`. */
+  private redirected = false;
+  /** Ends the SNI registration of a server-mode handshake (before the SSL object is freed). */
+  private detachSni: (() => void) | undefined;
+
+  constructor(
+    /** The accepting service, until SNI hands the connection to a secondary service. */
+    public service: Service,
+    readonly local: Deno.Conn,
+    readonly log: Logger,
+  ) {}
+
+  /** SNI chose a secondary service: its connect, checks, timeouts and name apply from now on. */
+  switchService(to: Service): void {
+    this.service = to;
+  }
+
+  get bytesToTls(): number {
+    return this.toTls;
+  }
+
+  get bytesToSocket(): number {
+    return this.toSocket;
+  }
+
+  /** Called by the daemon's timer: ends the connection if it waited too long. */
+  checkTimeout(now: number): void {
+    const o = this.service.opts;
+    const timeout: TimedOut & { seconds: number } = this.busy
+      ? { seconds: o.TIMEOUTbusy, fatal: true, line: `${this.busyStep}: s_poll_wait: TIMEOUTbusy` }
+      : this.bothOpen
+      ? { seconds: o.TIMEOUTidle, fatal: true, line: "transfer: s_poll_wait: TIMEOUTidle" }
+      : { seconds: o.TIMEOUTclose, fatal: false, line: "transfer: s_poll_wait: TIMEOUTclose" };
+    if (now - this.lastActivity < timeout.seconds * 1000) return;
+    this.timedOut = timeout;
+    this.abort();
+  }
+
+  /** Closes both sockets; pending reads and writes then fail and the pumps end. */
+  abort(): void {
+    for (const s of this.streams) s.close();
+  }
+
+  async run(): Promise<void> {
+    const { service, log } = this;
+    let reset = false;
+    try {
+      // As stunnel: libwrap and IDENT decide before the connection counts as accepted.
+      await this.checkAccess();
+      log(
+        5,
+        `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
+      );
+      await this.establish();
+    } catch (e) {
+      // Refused by a check: `reset = yes` resets the client too.
+      if (!this.sockets.includes(this.local)) this.sockets.push(this.local);
+      reset = this.fail(e);
+    } finally {
+      for (const s of this.streams) s.close();
+      if (this.streams.length === 0) closeQuietly(this.local);
+      const counts = `${this.toTls} byte(s) sent to TLS, ${this.toSocket} byte(s) sent to socket`;
+      log(5, `Connection ${reset ? "reset" : "closed"}: ${counts}`);
+      this.detachSni?.();
+      this.tlsStream?.tls.free();
+    }
+  }
+
+  /**
+   * Logs why the connection ends; with `reset = yes` a failure of ours closes the sockets with
+   * RST, as stunnel does. Returns whether it did. TIMEOUTclose is no failure: the data is done.
+   */
+  private fail(e: unknown): boolean {
+    const timedOut = this.timedOut;
+    if (timedOut) {
+      this.log(
+        timedOut.fatal ? 6 : 3,
+        `${timedOut.line} exceeded: ${timedOut.fatal ? "sending reset" : "closing"}`,
+      );
+      if (!timedOut.fatal) return false;
+    } else {
+      this.logFailure(e);
+    }
+    if (!this.service.opts.reset) return false;
+    // A negotiation that answered the peer properly ends without a reset, as in stunnel.
+    if (e instanceof ProtocolError && !e.reset) return false;
+    // A peer that reset the connection is gone: only failures of ours are worth an RST.
+    if (!(e instanceof Deno.errors.ConnectionReset)) {
+      for (const s of this.sockets) resetNow(s);
+    }
+    return true;
+  }
+
+  /** `libwrap = yes` (/etc/hosts.allow, /etc/hosts.deny), then `ident = USERNAME`. */
+  private async checkAccess(): Promise<void> {
+    const opts = this.service.opts;
+    if (!opts.libwrap && opts.ident === undefined) return;
+    const peer = this.local.remoteAddr;
+    const unixSocket = opts.accept?.kind === "unix";
+    if (opts.libwrap) await libwrapAuth(this.service.name, peer, unixSocket, this.log);
+    if (opts.ident !== undefined) {
+      await identAuth({
+        username: opts.ident,
+        peer,
+        local: this.local.localAddr,
+        unixSocket,
+        TIMEOUTconnect: opts.TIMEOUTconnect,
+        TIMEOUTbusy: opts.TIMEOUTbusy,
+      }, this.log);
+    }
+  }
+
+  private async establish(): Promise<void> {
+    const { service } = this;
+    const opts = service.opts;
+    this.sockets.push(this.local);
+    // TCP_NODELAY (stunnel's l: default) and the other l: options; the listener gave most of
+    // them to the accepted socket already (listener.ts).
+    applyLocalOptions(service, this.local, this.log);
+    // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
+    const negotiation = negotiationFor(opts);
+    const local = new PlainStream(this.local);
+    this.streams.push(local);
+    await this.negotiate(negotiation, "early", { local });
+    if (opts.client) {
+      const remote = await this.openRemote(undefined);
+      await this.negotiate(negotiation, "middle", { local, remote });
+      const sni = service.sniName();
+      this.log(6, sni ? `SNI: sending servername: ${sni}` : "SNI: extension disabled");
+      const tls = new TlsStream(remote, service.tls.newConnection(sni, this.log));
+      this.tlsStream = tls;
+      this.streams.push(tls);
+      await this.handshake(tls);
+      await this.negotiate(negotiation, "late", { local, tls });
+      await this.transfer(tls, local);
+    } else {
+      let remote: PlainStream | undefined;
+      if (negotiation?.connectBeforeTls) {
+        remote = await this.openRemote(undefined);
+        await this.negotiate(negotiation, "middle", { local, remote });
+      }
+      const tls = new TlsStream(local, service.tls.newConnection(undefined, this.log));
+      this.tlsStream = tls;
+      this.streams.push(tls);
+      this.detachSni = attachSni(tls.tls, this);
+      await this.handshake(tls);
+      if (!remote) {
+        await this.negotiate(negotiation, "middle", { tls });
+        remote = await this.openRemote(tls.tls);
+      }
+      await this.negotiate(negotiation, "late", { tls, remote });
+      await this.transfer(tls, remote);
+    }
+  }
+
+  /** Runs one phase of the protocol negotiation, if it has one; TIMEOUTbusy bounds its waits. */
+  private async negotiate(
+    negotiation: Negotiation | undefined,
+    phase: Phase,
+    streams: { local?: PlainStream; remote?: PlainStream; tls?: TlsStream },
+  ): Promise<void> {
+    const run = negotiation?.[phase];
+    if (!run) return;
+    const waiting = (step: string) => {
+      this.busy = true;
+      this.busyStep = step;
+      this.lastActivity = Date.now();
+    };
+    const channel = (s: PlainStream | TlsStream | undefined) =>
+      s && new Channel(s, this.log, waiting);
+    const ctx: NegotiationContext = {
+      opts: this.service.opts,
+      log: this.log,
+      local: channel(streams.local),
+      remote: channel(streams.remote),
+      tls: channel(streams.tls),
+      localConn: this.local,
+      setTargets: (targets) => this.targets = targets,
+    };
+    try {
+      await run.call(negotiation, ctx);
+    } finally {
+      this.busy = false;
+      this.busyStep = "ssl_start";
+    }
+    // What the negotiation read ahead belongs to the TLS engine or the transfer.
+    ctx.local?.release();
+    ctx.remote?.release();
+    ctx.tls?.release();
+  }
+
+  private async handshake(tls: TlsStream): Promise<void> {
+    this.busy = true;
+    this.lastActivity = Date.now();
+    const required = this.service.opts.requireCert;
+    this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
+    // A peer that fails verification (verify.ts) ends the handshake here.
+    await tls.handshake();
+    this.busy = false;
+    // Read after the handshake: SNI may have switched the service during it.
+    const { log, service } = this;
+    const engine = tls.tls;
+    // OCSP cannot block inside the verify callback: it asks here, before any byte moves.
+    await checkPeerOcsp(engine, service.opts, log);
+    service.tls.handshakeDone(engine);
+    if (log.level >= 6) {
+      const side = service.opts.client ? "connected" : "accepted";
+      const reused = engine.sessionReused ? "previous session reused" : "new session negotiated";
+      log(6, `TLS ${side}: ${reused}`);
+      const { name, bits } = engine.cipher;
+      const version = engine.version;
+      // stunnel 5.68 says "ciphersuite" for every protocol version.
+      log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
+    }
+    // `redirect`: a client that failed authentication (or sent no certificate) got through the
+    // handshake only to be sent to the redirect target; a resumed session keeps its verdict.
+    if (!service.opts.client && service.opts.redirect && !peerAuthenticated(engine)) {
+      this.redirected = true;
+      log(5, "Redirecting connection");
+    }
+  }
+
+  /**
+   * The remote side: the `exec` program (local mode) when the service has no `connect`, else a
+   * connection to `connect` (or to the redirect or negotiated targets). `tls`: the handshake
+   * whose peer certificate the program learns about.
+   */
+  private async openRemote(tls: TlsConnection | undefined): Promise<PlainStream> {
+    const opts = this.service.opts;
+    const local = opts.exec !== undefined && opts.connect.length === 0 && !this.targets &&
+      !this.redirected;
+    const conn = local
+      ? spawnExec(
+        opts,
+        execEnvironment(this.local.remoteAddr, tls),
+        this.log,
+      ) as unknown as Deno.Conn
+      : await this.connectRemote();
+    const remote = new PlainStream(conn);
+    this.streams.push(remote);
+    return remote;
+  }
+
+  private async connectRemote(): Promise<Deno.Conn> {
+    const { transparent } = this.service.opts;
+    // `transparent = destination|both`: where the client meant to go, unless `redirect` or a
+    // protocol chose the target (stunnel's order).
+    if ((transparent === "destination" || transparent === "both") && !this.targets) {
+      if (!this.redirected) this.targets = [originalDestination(this.local)];
+    }
+    const remote = await this.service.connect(
+      this.log,
+      this.redirected,
+      this.targets,
+      this.local.remoteAddr,
+    );
+    this.log(
+      5,
+      `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
+    );
+    this.sockets.push(remote);
+    setNoDelay(remote);
+    return remote;
+  }
+
+  /** Both directions at once until both have ended. */
+  private async transfer(tls: TlsStream, plain: PlainStream): Promise<void> {
+    this.lastActivity = Date.now();
+    let failure: unknown;
+    const fail = (e: unknown) => {
+      failure ??= e;
+      this.abort();
+    };
+    const tlsToSocket = pipe(tls, plain, (n) => {
+      this.toSocket += n;
+      this.lastActivity = Date.now();
+    }).then(() => {
+      this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
+      this.bothOpen = false;
+      this.lastActivity = Date.now();
+    }, fail);
+    const socketToTls = pipe(plain, tls, (n) => {
+      this.toTls += n;
+      this.lastActivity = Date.now();
+    }).then(() => {
+      this.log(6, "Read socket closed (read hangup)");
+      this.bothOpen = false;
+      this.lastActivity = Date.now();
+    }, fail);
+    await Promise.all([tlsToSocket, socketToTls]);
+    if (failure !== undefined) throw failure;
+  }
+
+  private logFailure(e: unknown): void {
+    const { log } = this;
+    if (e instanceof TlsError) {
+      for (const line of e.logLines()) log(3, line);
+    } else if (e instanceof ProtocolError) {
+      if (e.line) log(3, e.line);
+    } else {
+      log(3, osErrorText(e));
+    }
+  }
+}
+
+function setNoDelay(conn: Deno.Conn): void {
+  if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}

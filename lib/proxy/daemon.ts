@@ -1,0 +1,326 @@
+/**
+ * The services of one thread: their listeners, connections and reloads. The process-wide part
+ * (signals, pid file, privileges, worker threads) is the Supervisor's.
+ */
+import { formatAddress } from "../config/address.ts";
+import { Connection } from "./connection.ts";
+import { execEnvironment, isExecConnect, spawnExec } from "../local/exec.ts";
+import { newLibwrapLock, useLibwrapLock } from "../access/libwrap.ts";
+import { newCapwinCredentials, useCapwinCredentials } from "../../protocols/capwin.ts";
+import { type Logger, LogSink } from "../sys/log.ts";
+import { osErrorText } from "../sys/oserror.ts";
+import { newRoundRobin, Service } from "./service.ts";
+import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
+import { ListenerOptionsError } from "../net/listener.ts";
+import { TlsError } from "../tls/context.ts";
+import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
+import type { Configuration, LogId } from "../config/types.ts";
+
+/** A failure that has already been logged; the daemon cannot start with this configuration. */
+export class StartError extends Error {}
+
+/** What the threads of one process share. */
+export interface Runtime {
+  /** Every thread binds its own socket to each accept address (the kernel spreads the load). */
+  reusePort: boolean;
+  /** The next sequential connection id, shared by all threads (a SharedArrayBuffer). */
+  ids: Int32Array;
+  /** Session ticket keys of every server-mode service, so that any thread resumes a session. */
+  ticketKeys: Uint8Array;
+  /** Round-robin positions of the services (`failover = rr` across threads). */
+  roundRobin: Int32Array;
+  /** Worker threads log only warnings and errors of their own start-up. */
+  worker: boolean;
+  /** Serializes libwrap's hosts_ctl() across all threads (libwrap.ts). */
+  libwrapLock: Int32Array;
+  /** `protocol = capwinctrl`'s credentials, one buffer per process (protocols/capwin.ts). */
+  capwinCredentials: Uint8Array;
+}
+
+export function newRuntime(reusePort: boolean): Runtime {
+  return {
+    reusePort,
+    ids: new Int32Array(new SharedArrayBuffer(4)),
+    ticketKeys: crypto.getRandomValues(new Uint8Array(80)),
+    roundRobin: newRoundRobin(),
+    worker: false,
+    libwrapLock: newLibwrapLock(),
+    capwinCredentials: newCapwinCredentials(),
+  };
+}
+
+/** Builds every service of a configuration, or logs why not and frees what was built. */
+function createServices(config: Configuration, log: Logger, runtime: Runtime): Service[] {
+  // Engines, FIPS and the PRNG are the process's: set up by the main thread before any service.
+  if (runtime.worker) attachEngines(config.global);
+  else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
+  const services: Service[] = [];
+  for (const opts of config.services) {
+    try {
+      services.push(Service.create(opts, log, runtime));
+    } catch (e) {
+      if (e instanceof TlsError) { for (const line of e.logLines()) log(3, line); }
+      else log(3, (e as Error).message);
+      log(3, `Service [${opts.name}]: Failed to initialize TLS context`);
+      for (const s of services) s.free();
+      throw new StartError("Configuration failed");
+    }
+  }
+  // SNI secondary services belong to their primary service's contexts of this thread.
+  linkVirtualServices(services);
+  return services;
+}
+
+const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/** 22 random letters and digits (about 131 bits), the length of stunnel's unique ids. */
+function uniqueId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(22));
+  return Array.from(bytes, (b) => ID_CHARS[b % ID_CHARS.length]).join("");
+}
+
+export class Daemon {
+  private log: Logger;
+  private services: Service[] = [];
+  private readonly connections = new Set<Connection>();
+  /** Connections accepted so far by this thread (the supervisor's measure of new load). */
+  accepted = 0;
+  /** Which service each listening socket accepts for. */
+  private readonly owners = new Map<Deno.Listener, Service>();
+  /** connect+exec sections whose program runs (or is restarted: `retry`). */
+  private readonly execLoops = new Set<Service>();
+  private readonly timer: ReturnType<typeof setInterval>;
+  private stopping = false;
+
+  constructor(
+    private config: Configuration,
+    private sink: LogSink,
+    private readonly runtime: Runtime,
+  ) {
+    this.log = this.uiLogger(sink, config);
+    this.timer = setInterval(() => this.checkTimeouts(), 1000);
+    useLibwrapLock(runtime.libwrapLock);
+    useCapwinCredentials(runtime.capwinCredentials);
+  }
+
+  private uiLogger(sink: LogSink, config: Configuration): Logger {
+    const level = config.global.debugLevel;
+    return sink.bind("ui", this.runtime.worker ? Math.min(level, 4) : level);
+  }
+
+  /** Builds the services and binds them; throws StartError (already logged) on failure. */
+  async start(): Promise<void> {
+    this.services = createServices(this.config, this.log, this.runtime);
+    // Worker threads resolve quietly: the main thread has said it all once.
+    const quiet = Object.assign(() => {}, { level: -1 });
+    for (const s of this.services) await s.prepare(this.runtime.worker ? quiet : this.log);
+    this.log(5, "Configuration successful");
+    await this.bindAll(this.services);
+  }
+
+  /**
+   * Binds every service that has no listener yet; on failure closes what it bound and throws
+   * (after logging). Accept loops start only when all of them are bound.
+   */
+  private async bindAll(services: Service[]): Promise<void> {
+    const bound: Service[] = [];
+    /** connect+exec sections to start once everything is bound. */
+    const programs: Service[] = [];
+    for (const service of services) {
+      await service.prepare(this.log);
+      if (service.listener || this.execLoops.has(service)) continue;
+      if (isExecConnect(service.opts)) {
+        // A connect+exec section: no listener; its program is started now (the main thread's).
+        if (!this.runtime.worker) {
+          this.execLoops.add(service);
+          programs.push(service);
+        }
+        continue;
+      }
+      if (isSecondaryOnly(service)) {
+        this.log(7, `Skipped SNI secondary service [${service.name}]`);
+        continue;
+      }
+      try {
+        service.bind(this.log, this.runtime.reusePort);
+        bound.push(service);
+      } catch (e) {
+        const a = service.opts.accept;
+        const where = a ? formatAddress(a) : "";
+        // An accept socket option that failed was logged by itself (listener.ts).
+        if (e instanceof ListenerOptionsError) {
+          this.log(3, `Binding service [${service.name}] failed`);
+        } else {
+          this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
+        }
+        for (const s of bound) s.unbind(this.log);
+        for (const s of programs) this.execLoops.delete(s);
+        throw new StartError("Binding failed");
+      }
+    }
+    for (const service of services) {
+      if (service.listener) this.owners.set(service.listener, service);
+    }
+    for (const service of bound) void this.acceptLoop(service.listener!);
+    for (const service of programs) void this.execConnectLoop(service);
+  }
+
+  /**
+   * A connect+exec section: the program is the local side of one connection to `connect`;
+   * with `retry = yes` it is started again a second after each connection ends, as long as the
+   * section is configured.
+   */
+  private async execConnectLoop(service: Service): Promise<void> {
+    for (;;) {
+      const id = this.connectionId(service.opts.logId);
+      const log = this.sink.bind(id, service.opts.debugLevel);
+      const program = spawnExec(
+        service.opts,
+        execEnvironment({ transport: "unix", path: "" } as Deno.UnixAddr, undefined),
+        log,
+      );
+      await this.handle(service, program as unknown as Deno.Conn, log);
+      if (!service.opts.retry || this.stopping || !this.execLoops.has(service)) break;
+      log(6, "Retrying an exec+connect section");
+      await new Promise((r) => setTimeout(r, 1000));
+      if (this.stopping || !this.execLoops.has(service)) break;
+    }
+    this.execLoops.delete(service);
+  }
+
+  /** Accepts for whichever service owns the listener now (a reload may hand it over). */
+  private async acceptLoop(listener: Deno.Listener): Promise<void> {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (e) {
+        const owner = this.owners.get(listener);
+        if (!owner || this.stopping) return;
+        this.log(3, `Service [${owner.name}]: accept: ${osErrorText(e)}`);
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      const owner = this.owners.get(listener);
+      if (!owner) {
+        conn.close();
+        return;
+      }
+      void this.handle(owner, conn);
+    }
+  }
+
+  private unbind(service: Service): void {
+    this.execLoops.delete(service);
+    if (service.listener) this.owners.delete(service.listener);
+    service.unbind(this.log);
+  }
+
+  private connectionId(kind: LogId): string {
+    switch (kind) {
+      case "sequential":
+        return String(Atomics.add(this.runtime.ids, 0, 1));
+      case "unique":
+        return uniqueId();
+      case "thread":
+      case "process":
+        return String(Deno.pid);
+    }
+  }
+
+  private handle(
+    service: Service,
+    conn: Deno.Conn,
+    log = this.sink.bind(this.connectionId(service.opts.logId), service.opts.debugLevel),
+  ): Promise<void> {
+    const connection = new Connection(service, conn, log);
+    this.accepted++;
+    this.connections.add(connection);
+    return connection.run().finally(() => {
+      this.connections.delete(connection);
+      // The connection's service now: SNI may have handed it to a secondary service.
+      log(7, `Service [${connection.service.name}] finished (${this.connections.size} left)`);
+    });
+  }
+
+  private checkTimeouts(): void {
+    const now = Date.now();
+    for (const c of this.connections) c.checkTimeout(now);
+  }
+
+  reopenLog(): void {
+    try {
+      this.sink.reopen();
+      this.log(5, "Log file reopened");
+    } catch (e) {
+      this.log(3, `Failed to reopen the log file: ${osErrorText(e)}`);
+    }
+  }
+
+  /** One line per open connection, as stunnel lists them on SIGUSR2. */
+  connectionSummaries(): string[] {
+    return [...this.connections].map((c) =>
+      `Service [${c.service.name}], ${c.bytesToTls} byte(s) sent to TLS, ` +
+      `${c.bytesToSocket} byte(s) sent to socket`
+    );
+  }
+
+  /**
+   * A reloaded configuration replaces the running one only if all of it works: every TLS
+   * context builds and every new address binds. Returns whether it was applied.
+   */
+  async apply(next: Configuration, sink: LogSink): Promise<boolean> {
+    const log = this.log;
+    let services: Service[];
+    try {
+      services = createServices(next, log, this.runtime);
+    } catch {
+      return false;
+    }
+    // A service whose accept address is unchanged keeps its listening socket: no gap in
+    // accepting, and no race with the kernel releasing the old socket.
+    const old = this.services;
+    const adopted = new Map<Service, Service>();
+    for (const s of services) {
+      const same = old.find((o) =>
+        o.listener && o.opts.accept && s.opts.accept &&
+        formatAddress(o.opts.accept) === formatAddress(s.opts.accept) &&
+        ![...adopted.values()].includes(o)
+      );
+      if (same) adopted.set(s, same);
+    }
+    try {
+      await this.bindAll(services.filter((s) => !adopted.has(s)));
+    } catch {
+      for (const s of services) s.free();
+      return false;
+    }
+    for (const [s, o] of adopted) {
+      s.adoptListener(o.listener!, log);
+      o.listener = undefined;
+      this.owners.set(s.listener!, s);
+      await s.prepare(log);
+    }
+    for (const o of old) this.unbind(o);
+    this.sink.close();
+    this.sink = sink;
+    this.log = this.uiLogger(sink, next);
+    this.config = next;
+    this.services = services;
+    // Open connections keep their SSL objects, which hold their own reference to the context.
+    for (const o of old) o.free();
+    this.log(5, "Configuration successful");
+    return true;
+  }
+
+  stop(reason: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log(5, reason);
+    for (const s of this.services) this.unbind(s);
+    for (const c of this.connections) c.abort();
+    clearInterval(this.timer);
+    for (const s of this.services) s.free();
+    this.sink.close();
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Inetd mode: a configuration without [service] sections serves exactly one connection, the
+ * one on our stdin and stdout (started by inetd, xinetd, socat ... EXEC:), with the service
+ * built from the global section; the process ends with the connection. Logs go to `output` or
+ * syslog, never to stdout (that is the connection).
+ */
+import { Connection } from "./connection.ts";
+import { describeSource } from "../config/parser.ts";
+import { newRuntime } from "./daemon.ts";
+import { setUpGlobalCrypto } from "../tls/engine.ts";
+import { lib } from "../sys/ffi.ts";
+import { early, LogSink } from "../sys/log.ts";
+import { Service } from "./service.ts";
+import { decodeSockAddr } from "../sys/sockfd.ts";
+import { TlsError } from "../tls/context.ts";
+import type { Configuration } from "../config/types.ts";
+
+const SHUT_WR = 1;
+
+/** The peer of descriptor 0 if it is an IP socket; else an unnamed Unix peer (a pipe too). */
+function stdinPeer(): Deno.Addr {
+  const buf = new Uint8Array(128);
+  const len = new Uint32Array([buf.length]);
+  const unnamed = { transport: "unix", path: "" } as Deno.UnixAddr;
+  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return unnamed;
+  return decodeSockAddr(buf, len[0]) ?? unnamed;
+}
+
+/**
+ * Our stdin and stdout seen as one connected socket. A write shutdown is a socket shutdown
+ * when stdout is a socket, else the close of stdout (a pipe).
+ */
+class StdioConn {
+  readonly remoteAddr: Deno.Addr = stdinPeer();
+  /** Not a TCP address: `reset = yes` cannot find (and must not touch) our stdio. */
+  readonly localAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
+  private writeClosed = false;
+  private closed = false;
+
+  read(buf: Uint8Array): Promise<number | null> {
+    return Deno.stdin.read(buf);
+  }
+
+  write(data: Uint8Array): Promise<number> {
+    return Deno.stdout.write(data);
+  }
+
+  closeWrite(): Promise<void> {
+    if (!this.writeClosed) {
+      this.writeClosed = true;
+      if (lib().libc.shutdown(1, SHUT_WR) !== 0) closeQuietly(Deno.stdout);
+    }
+    return Promise.resolve();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeQuietly(Deno.stdin);
+    if (!this.writeClosed) {
+      this.writeClosed = true;
+      closeQuietly(Deno.stdout);
+    }
+  }
+}
+
+function closeQuietly(stream: { close(): void }): void {
+  try {
+    stream.close();
+  } catch {
+    // already closed
+  }
+}
+
+/** Serves the one connection on stdin/stdout; returns the process exit code. */
+export async function runInetd(config: Configuration, banner: string[]): Promise<number> {
+  // stunnel drops privileges in inetd mode too; that is not done here yet: refused, not ignored.
+  for (const name of ["chroot", "setuid", "setgid"] as const) {
+    if (!config.global[name]) continue;
+    const where = config.global.where[name];
+    early(
+      3,
+      `${where ? `${where.file}:${where.line}: ` : ""}option '${name}' is not supported yet in ` +
+        "inetd mode",
+    );
+    early(3, "Configuration failed");
+    return 1;
+  }
+  const sink = new LogSink(config.global, config.global.foreground === "yes" ? 7 : -1);
+  try {
+    sink.open();
+  } catch (e) {
+    early(3, `Cannot open log file: ${config.global.output}: ${(e as Error).message}`);
+    early(3, "Configuration failed");
+    return 1;
+  }
+  const ui = sink.bind("ui", config.global.debugLevel);
+  for (const line of banner) ui(5, line);
+  ui(5, `Reading configuration from ${describeSource(config.source)}`);
+  // stunnel names the section of inetd mode after the global `service` option.
+  const opts = { ...config.services[0], name: config.global.service };
+  const runtime = newRuntime(false);
+  if (!setUpGlobalCrypto(config.global, ui)) {
+    ui(3, "Configuration failed");
+    sink.close();
+    return 1;
+  }
+  let service: Service;
+  try {
+    service = Service.create(opts, ui, runtime);
+  } catch (e) {
+    if (e instanceof TlsError) { for (const line of e.logLines()) ui(3, line); }
+    else ui(3, (e as Error).message);
+    ui(3, `Service [${opts.name}]: Failed to initialize TLS context`);
+    ui(3, "Configuration failed");
+    sink.close();
+    return 1;
+  }
+  await service.prepare(ui);
+  ui(5, "Configuration successful");
+  const log = sink.bind("0", opts.debugLevel);
+  const connection = new Connection(service, new StdioConn() as unknown as Deno.Conn, log);
+  const timer = setInterval(() => connection.checkTimeout(Date.now()), 1000);
+  try {
+    await connection.run();
+  } finally {
+    clearInterval(timer);
+    service.free();
+  }
+  log(7, `Service [${opts.name}] finished (0 left)`);
+  sink.close();
+  return 0;
+}

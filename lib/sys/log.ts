@@ -1,0 +1,148 @@
+/** stunnel's log: `2026.11.22 01:05:49 LOG5[0]: message` to stderr, a file and/or syslog. */
+import { cstr, lib } from "./ffi.ts";
+import type { GlobalOptions } from "../config/types.ts";
+
+export const LEVEL_NAMES = [
+  "emerg",
+  "alert",
+  "crit",
+  "err",
+  "warning",
+  "notice",
+  "info",
+  "debug",
+] as const;
+
+export const FACILITIES: Record<string, number> = {
+  auth: 4 << 3,
+  authpriv: 10 << 3,
+  cron: 9 << 3,
+  daemon: 3 << 3,
+  ftp: 11 << 3,
+  kern: 0,
+  lpr: 6 << 3,
+  mail: 2 << 3,
+  news: 7 << 3,
+  syslog: 5 << 3,
+  user: 1 << 3,
+  uucp: 8 << 3,
+  local0: 16 << 3,
+  local1: 17 << 3,
+  local2: 18 << 3,
+  local3: 19 << 3,
+  local4: 20 << 3,
+  local5: 21 << 3,
+  local6: 22 << 3,
+  local7: 23 << 3,
+};
+
+/** A log function bound to a connection or component id; drops messages above `level`. */
+export interface Logger {
+  (level: number, message: string): void;
+  readonly level: number;
+}
+
+const LOG_PID = 0x01;
+const LOG_NDELAY = 0x08;
+const encoder = new TextEncoder();
+
+function pad(n: number): string {
+  return n < 10 ? `0${n}` : `${n}`;
+}
+
+/** Where log lines go; one per daemon, reopened on SIGUSR1 and replaced on reload. */
+export class LogSink {
+  private file: Deno.FsFile | undefined;
+  private syslogIdent: Uint8Array | undefined;
+  private stampSecond = -1;
+  private stamp = "";
+
+  /**
+   * Errors (level 3 and below) kept back while a detached daemon starts: its launcher shows
+   * them only if the start fails, as stunnel shows nothing when it succeeds.
+   */
+  heldBack: Uint8Array[] | undefined;
+
+  /** Lines up to `stderrLevel` also go to stderr (-1: none; `foreground = yes`: all). */
+  constructor(private readonly global: GlobalOptions, public stderrLevel: number) {}
+
+  /** Opens the output file and syslog; throws with the reason if the file cannot be opened. */
+  open(): void {
+    this.openFile();
+    if (this.global.syslog) {
+      this.syslogIdent = cstr(this.global.service);
+      const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
+      lib().libc.openlog(this.syslogIdent, LOG_PID | LOG_NDELAY, facility);
+    }
+  }
+
+  /** SIGUSR1: a rotated log file is replaced by a new one at the configured path. */
+  reopen(): void {
+    this.file?.close();
+    this.file = undefined;
+    this.openFile();
+  }
+
+  private openFile(): void {
+    if (!this.global.output) return;
+    this.file = Deno.openSync(this.global.output, {
+      write: true,
+      create: true,
+      append: this.global.log === "append",
+      truncate: this.global.log === "overwrite",
+    });
+  }
+
+  close(): void {
+    this.file?.close();
+    this.file = undefined;
+    if (this.syslogIdent) lib().libc.closelog();
+    this.syslogIdent = undefined;
+  }
+
+  private timestamp(): string {
+    const now = Date.now();
+    const second = Math.floor(now / 1000);
+    if (second !== this.stampSecond) {
+      const d = new Date(now);
+      this.stampSecond = second;
+      this.stamp = `${d.getFullYear()}.${pad(d.getMonth() + 1)}.${pad(d.getDate())} ` +
+        `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    }
+    return this.stamp;
+  }
+
+  write(level: number, id: string, message: string): void {
+    const body = `LOG${level}[${id}]: ${message}`;
+    if (this.syslogIdent) {
+      const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
+      lib().libc.syslog(facility | level, cstr("%s"), cstr(body));
+    }
+    const toStderr = level <= this.stderrLevel;
+    const holdBack = this.heldBack !== undefined && level <= 3;
+    if (!this.file && !toStderr && !holdBack) return;
+    const line = encoder.encode(`${this.timestamp()} ${body}\n`);
+    if (this.file) writeAllSync(this.file, line);
+    if (toStderr) writeAllSync(Deno.stderr, line);
+    if (holdBack) this.heldBack!.push(line);
+  }
+
+  /** A logger for one id that drops messages above `threshold`. */
+  bind(id: string, threshold: number): Logger {
+    const log = (level: number, message: string) => {
+      if (level <= threshold) this.write(level, id, message);
+    };
+    return Object.assign(log, { level: threshold });
+  }
+}
+
+function writeAllSync(w: { writeSync(p: Uint8Array): number }, data: Uint8Array): void {
+  let offset = 0;
+  while (offset < data.length) offset += w.writeSync(data.subarray(offset));
+}
+
+/** Messages before logging is configured, in stunnel's `[!] message` form on stderr. */
+export function early(level: number, message: string): void {
+  const mark = level <= 3 ? "!" : level <= 5 ? "." : " ";
+  writeAllSync(Deno.stderr, encoder.encode(`[${mark}] ${message}\n`));
+}

@@ -1,0 +1,343 @@
+/**
+ * Session resumption: the server-side cache and tickets, and the session a client-mode service
+ * offers again to the same server.
+ *
+ * Tickets are protected with per-process random keys shared by the threads of a service, or,
+ * with `ticketKeySecret` and `ticketMacSecret`, by stunnel's ticket key callback over those two
+ * secrets (AES-CBC with the key secret, HMAC-SHA256 with the MAC secret), so that tickets
+ * survive a restart and are accepted by every instance, ours or stunnel's, sharing the secrets.
+ *
+ * The callbacks are one per thread and never closed: an SSL object can outlive the TlsContext
+ * it was made from (a reload frees contexts while connections still use them). They find their
+ * connection, and through it the context, by the SSL object.
+ */
+import { createHash } from "node:crypto";
+import {
+  drainErrors,
+  lib,
+  type Ptr,
+  SSL_CTRL_SET_SESS_CACHE_MODE,
+  SSL_CTRL_SET_SESS_CACHE_SIZE,
+  SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
+  SSL_CTRL_SET_TLSEXT_TICKET_KEYS,
+  SSL_SESS_CACHE_CLIENT,
+  SSL_SESS_CACHE_OFF,
+  SSL_SESS_CACHE_SERVER,
+  TLS1_3_VERSION,
+} from "../sys/ffi.ts";
+import { check, connectionOf, type TlsContext, type TlsContextLog } from "./context.ts";
+import { configureSessiond } from "./sessiond.ts";
+
+export function configureSessions(context: TlsContext, log: TlsContextLog): void {
+  const { ssl } = lib();
+  const { ctx, opts } = context;
+  if (!opts.client) {
+    // Sessions are only resumed by the service that created them (stunnel: its name).
+    const sid = new TextEncoder().encode(opts.name || "stunnel").subarray(0, 32);
+    check(
+      ssl.SSL_CTX_set_session_id_context(ctx, sid, sid.length) === 1,
+      "SSL_CTX_set_session_id_context",
+    );
+    // No tickets at all in TLS 1.3 either (SSL_OP_NO_TICKET alone leaves stateful ones).
+    if (!opts.sessionResume) {
+      check(ssl.SSL_CTX_set_num_tickets(ctx, 0n) === 1, "SSL_CTX_set_num_tickets");
+    }
+  }
+  const secrets = ticketSecrets(context);
+  if (opts.ticketKeySecret) log(6, "ticketKeySecret configured");
+  if (opts.ticketMacSecret) log(6, "ticketMacSecret configured");
+  if (opts.client) {
+    if (opts.ticketKeySecret) log(5, "ticketKeySecret is ignored in the client mode");
+    if (opts.ticketMacSecret) log(5, "ticketMacSecret is ignored in the client mode");
+  }
+  if (!opts.sessionResume) {
+    ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, BigInt(SSL_SESS_CACHE_OFF), null);
+    log(6, "Session resumption disabled");
+  } else {
+    const mode = opts.client ? SSL_SESS_CACHE_CLIENT : SSL_SESS_CACHE_SERVER;
+    ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, BigInt(mode), null);
+    log(6, "Session resumption enabled");
+  }
+  // 0 is "no limit" for OpenSSL as for stunnel; the timeout is also the tickets' lifetime.
+  ssl.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_SIZE, BigInt(opts.sessionCacheSize), null);
+  ssl.SSL_CTX_set_timeout(ctx, BigInt(opts.sessionCacheTimeout));
+  if (!opts.sessionResume) return;
+  // sessiond: the server's sessions also go to (and come from) the external cache.
+  if (!opts.client && opts.sessiond) configureSessiond(context, opts.sessiond, log);
+  if (opts.client) {
+    ssl.SSL_CTX_sess_set_new_cb(ctx, callbacks().newSession.pointer);
+    context.clientSessions.share(opts.name);
+  } else if (secrets) {
+    const { ticketKey, ticketData } = callbacks();
+    ssl.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, ticketKey.pointer);
+    check(
+      ssl.SSL_CTX_set_session_ticket_cb(ctx, ticketData.pointer, null, null) === 1,
+      "SSL_CTX_set_session_ticket_cb",
+    );
+  }
+}
+
+/**
+ * Per-process ticket keys (80 bytes: name, HMAC key, AES key) shared by the contexts of all
+ * threads; a service with ticket secrets uses the key callback instead.
+ */
+export function setTicketKeys(context: TlsContext, keys: Uint8Array): void {
+  if (ticketSecrets(context)) return;
+  const copy = new Uint8Array(keys);
+  check(
+    Number(lib().ssl.SSL_CTX_ctrl_str(context.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, copy)) ===
+      1,
+    "SSL_CTX_set_tlsext_ticket_keys",
+  );
+}
+
+/**
+ * The last resumable session a client-mode service negotiated, offered on its next connect.
+ * Like stunnel's one per service, it is shared by the threads: each new session is sent to the
+ * same service's contexts in the other threads (whichever thread the next client lands on).
+ */
+export class ClientSessions {
+  private session: Ptr = null;
+  private closed = false;
+  /** The service's name, once it shares its sessions with the other threads. */
+  private name: string | undefined;
+
+  /** Shares this service's sessions with its contexts in the other threads. */
+  share(name: string): void {
+    if (this.closed || this.name !== undefined) return;
+    this.name = name;
+    let set = sharing.get(name);
+    if (!set) sharing.set(name, set = new Set());
+    set.add(this);
+    sessionChannel();
+  }
+
+  offer(ssl: Ptr): void {
+    if (this.session !== null) lib().ssl.SSL_set_session(ssl, this.session);
+  }
+
+  /** After a handshake: the session, if it can be resumed already (TLS 1.2 and older). */
+  remember(ssl: Ptr): void {
+    const session = lib().ssl.SSL_get1_session(ssl);
+    if (session !== null && !this.keep(session)) lib().ssl.SSL_SESSION_free(session);
+  }
+
+  /**
+   * Takes over a reference to `session` (true) unless it is of no use (false); a session of
+   * this thread (`fromHere`) goes to the other threads too.
+   */
+  keep(session: Ptr, fromHere = true): boolean {
+    const { ssl } = lib();
+    if (this.closed || session === null || ssl.SSL_SESSION_is_resumable(session) !== 1) {
+      return false;
+    }
+    if (Deno.UnsafePointer.equals(session, this.session)) return false;
+    if (this.session !== null) ssl.SSL_SESSION_free(this.session);
+    this.session = session;
+    if (fromHere && this.name !== undefined) {
+      const der = encodeSession(session);
+      if (der) sessionChannel().postMessage({ name: this.name, der } satisfies SharedSession);
+    }
+    return true;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.name !== undefined) sharing.get(this.name)?.delete(this);
+    if (this.session !== null) lib().ssl.SSL_SESSION_free(this.session);
+    this.session = null;
+  }
+}
+
+/** A client session on its way to the other threads (DER, as i2d_SSL_SESSION writes it). */
+interface SharedSession {
+  name: string;
+  der: Uint8Array;
+}
+
+/** The client-mode services of this thread that share sessions, by service name. */
+const sharing = new Map<string, Set<ClientSessions>>();
+let channel: BroadcastChannel | undefined;
+
+function sessionChannel(): BroadcastChannel {
+  if (!channel) {
+    channel = new BroadcastChannel("stunnel-deno/client-sessions");
+    channel.onmessage = (e: MessageEvent<SharedSession>) => {
+      for (const sessions of sharing.get(e.data.name) ?? []) {
+        const session = decodeSession(e.data.der);
+        if (session !== null && !sessions.keep(session, false)) {
+          lib().ssl.SSL_SESSION_free(session);
+        }
+      }
+    };
+  }
+  return channel;
+}
+
+/** `*pp` for i2d/d2i: the address of `buf`, which OpenSSL reads or writes through. */
+function pointerTo(buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+  const address = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+  return new Uint8Array(new BigUint64Array([address]).buffer);
+}
+
+export function encodeSession(session: Ptr): Uint8Array<ArrayBuffer> | undefined {
+  const { ssl } = lib();
+  const length = ssl.i2d_SSL_SESSION(session, null);
+  if (length <= 0) {
+    drainErrors();
+    return undefined;
+  }
+  const der = new Uint8Array(length);
+  if (ssl.i2d_SSL_SESSION(session, pointerTo(der)) !== length) {
+    drainErrors();
+    return undefined;
+  }
+  return der;
+}
+
+export function decodeSession(der: Uint8Array): Ptr {
+  const copy = new Uint8Array(der);
+  const session = lib().ssl.d2i_SSL_SESSION(null, pointerTo(copy), BigInt(copy.length));
+  if (session === null) drainErrors();
+  return session;
+}
+
+/** The ticket secrets of a server-mode service and the key name derived from them. */
+interface TicketSecrets {
+  key: Uint8Array<ArrayBuffer>;
+  mac: Uint8Array<ArrayBuffer>;
+  /** 16 bytes that identify the secrets in every ticket (stunnel ignores them on decryption). */
+  name: Uint8Array<ArrayBuffer>;
+}
+
+const secretsOf = new WeakMap<TlsContext, TicketSecrets | null>();
+
+function ticketSecrets(context: TlsContext): TicketSecrets | undefined {
+  let found = secretsOf.get(context);
+  if (found === undefined) {
+    const { client, ticketKeySecret: key, ticketMacSecret: mac } = context.opts;
+    found = null;
+    if (!client && key && mac) {
+      const digest = createHash("sha256").update(key).update(mac).digest();
+      found = {
+        key: new Uint8Array(key),
+        mac: new Uint8Array(mac),
+        name: new Uint8Array(digest.subarray(0, 16)),
+      };
+    }
+    secretsOf.set(context, found);
+  }
+  return found ?? undefined;
+}
+
+const TICKET_KEY = {
+  parameters: ["pointer", "pointer", "pointer", "pointer", "pointer", "i32"],
+  result: "i32",
+} as const;
+const TICKET_DATA = { parameters: ["pointer", "pointer"], result: "i32" } as const;
+const NEW_SESSION = { parameters: ["pointer", "pointer"], result: "i32" } as const;
+
+interface Callbacks {
+  ticketKey: Deno.UnsafeCallback<typeof TICKET_KEY>;
+  ticketData: Deno.UnsafeCallback<typeof TICKET_DATA>;
+  newSession: Deno.UnsafeCallback<typeof NEW_SESSION>;
+}
+
+let threadCallbacks: Callbacks | undefined;
+
+function callbacks(): Callbacks {
+  threadCallbacks ??= {
+    ticketKey: new Deno.UnsafeCallback(TICKET_KEY, onTicketKey),
+    ticketData: new Deno.UnsafeCallback(TICKET_DATA, onTicketData),
+    newSession: new Deno.UnsafeCallback(NEW_SESSION, onNewSession),
+  };
+  return threadCallbacks;
+}
+
+const IV_LENGTH = 16;
+
+/**
+ * stunnel's ssl_tlsext_ticket_key_cb: HMAC-SHA256 keyed with ticketMacSecret, AES-128-CBC or
+ * AES-256-CBC (by the length of ticketKeySecret) with a random IV. Returns 1, or 2 in TLS 1.3
+ * (a resumed session gets a new ticket); -1 fails the handshake.
+ */
+function onTicketKey(
+  ssl: Ptr,
+  keyName: Ptr,
+  iv: Ptr,
+  cipherCtx: Ptr,
+  hmacCtx: Ptr,
+  enc: number,
+): number {
+  const conn = connectionOf(ssl);
+  try {
+    const secrets = conn && ticketSecrets(conn.context);
+    // Not ours to judge: no ticket is issued, and a received one is not decrypted.
+    if (!secrets) return 0;
+    conn.log(7, "Session ticket processing callback");
+    const { ssl: s, crypto, libc } = lib();
+    if (
+      crypto.HMAC_Init_ex(hmacCtx, secrets.mac, secrets.mac.length, crypto.EVP_sha256(), null) !== 1
+    ) {
+      conn.log(3, "HMAC_Init_ex failed");
+      return -1;
+    }
+    const cipher = secrets.key.length === 16 ? crypto.EVP_aes_128_cbc() : crypto.EVP_aes_256_cbc();
+    if (enc) {
+      libc.memcpy(keyName, secrets.name, BigInt(secrets.name.length));
+      if (crypto.RAND_bytes(iv, IV_LENGTH) !== 1) {
+        conn.log(3, "RAND_bytes failed");
+        return -1;
+      }
+      if (crypto.EVP_EncryptInit_ex(cipherCtx, cipher, null, secrets.key, iv) !== 1) {
+        conn.log(3, "EVP_EncryptInit_ex failed");
+        return -1;
+      }
+    } else if (crypto.EVP_DecryptInit_ex(cipherCtx, cipher, null, secrets.key, iv) !== 1) {
+      conn.log(3, "EVP_DecryptInit_ex failed");
+      return -1;
+    }
+    return s.SSL_version(ssl) === TLS1_3_VERSION ? 2 : 1;
+  } catch (e) {
+    drainErrors();
+    conn?.log(3, `Session ticket processing failed: ${(e as Error).message}`);
+    return -1;
+  }
+}
+
+/**
+ * The application data stunnel puts into its tickets (a pointer-sized "authenticated" flag,
+ * zero here): without it stunnel does not resume a session from one of our tickets.
+ */
+const TICKET_APP_DATA = new Uint8Array(8);
+
+function onTicketData(ssl: Ptr): number {
+  try {
+    const { ssl: s } = lib();
+    const session = s.SSL_get1_session(ssl);
+    if (session === null) return 0;
+    const ok = s.SSL_SESSION_set1_ticket_appdata(
+      session,
+      TICKET_APP_DATA,
+      BigInt(TICKET_APP_DATA.length),
+    );
+    s.SSL_SESSION_free(session);
+    return ok;
+  } catch {
+    drainErrors();
+    return 0;
+  }
+}
+
+/** A client got a new session (in TLS 1.3 a ticket after the handshake): keep it for reuse. */
+function onNewSession(ssl: Ptr, session: Ptr): number {
+  try {
+    const conn = connectionOf(ssl);
+    if (!conn) return 0;
+    conn.log(7, "New session callback");
+    return conn.context.clientSessions.keep(session) ? 1 : 0;
+  } catch {
+    drainErrors();
+    return 0;
+  }
+}
