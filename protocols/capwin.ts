@@ -305,11 +305,6 @@ export const capwin: Protocol = {
     },
   },
   server: {
-    options: ["protocolHost"],
-    check(opts) {
-      // stunnel 5.68 crashes on the first client without it.
-      return opts.protocolHost === undefined ? "protocol 'capwin' needs 'protocolHost'" : undefined;
-    },
     /** After the handshake, before the backend: the client's credentials, checked by LDAP. */
     async middle({ tls, opts, log }) {
       const received: number[] = [];
@@ -338,8 +333,6 @@ export const capwin: Protocol = {
 export const capwinctrl: Protocol = {
   name: "capwinctrl",
   client: {
-    /** The control connection is a service's whole purpose: it needs no `connect`. */
-    endpoint: true,
     /** Up to 99 bytes (or EOF) become the credentials; the connection then ends. */
     async early({ local, log }) {
       log(7, "CapWIN: Setting credentials");

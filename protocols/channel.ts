@@ -1,6 +1,7 @@
 /** What protocol negotiations are made of: the channel they talk through and their shape. */
 import type { Logger } from "../lib/sys/log.ts";
 import type { Address, ServiceOptions } from "../lib/config/types.ts";
+import type { ProtocolName } from "../lib/config/protocols.ts";
 
 /** Something we can read bytes from and write bytes to (PlainStream or TlsStream). */
 export interface ByteStream {
@@ -167,29 +168,13 @@ export type Phase = "early" | "middle" | "late";
 export interface Negotiation {
   /** Server mode: connect the remote before the TLS handshake on the local socket. */
   connectBeforeTls?: boolean;
-  /** The negotiation chooses the remote (socks): it replaces `connect` as an endpoint. */
-  endpoint?: boolean;
-  /** The protocol* options this side uses; any other one set is a configuration error. */
-  options?: readonly ProtocolOption[];
   early?(ctx: NegotiationContext): Promise<void>;
   middle?(ctx: NegotiationContext): Promise<void>;
   late?(ctx: NegotiationContext): Promise<void>;
-  /** Checks at the end of the section; a returned string is the error. */
-  check?(opts: ServiceOptions): string | undefined;
 }
 
 export interface Protocol {
-  name: string;
+  name: ProtocolName;
   client?: Negotiation;
   server?: Negotiation;
 }
-
-export const PROTOCOL_OPTIONS = [
-  "protocolAuthentication",
-  "protocolDomain",
-  "protocolHeader",
-  "protocolHost",
-  "protocolPassword",
-  "protocolUsername",
-] as const;
-export type ProtocolOption = typeof PROTOCOL_OPTIONS[number];

@@ -84,27 +84,6 @@ async function ntlm(remote: Channel, opts: ServiceOptions, log: Logger): Promise
 export const connect: Protocol = {
   name: "connect",
   client: {
-    options: [
-      "protocolHost",
-      "protocolUsername",
-      "protocolPassword",
-      "protocolAuthentication",
-      "protocolDomain",
-      "protocolHeader",
-    ],
-    check(opts) {
-      if (opts.protocolHost === undefined) return "protocol 'connect' needs 'protocolHost'";
-      const auth = (opts.protocolAuthentication ?? "basic").toLowerCase();
-      if (auth === "ntlm") {
-        // stunnel 5.68 dereferences a missing domain (it crashes): refused here instead.
-        if (opts.protocolDomain === undefined) {
-          return "protocolAuthentication 'NTLM' needs 'protocolDomain'";
-        }
-      } else if (opts.protocolDomain !== undefined) {
-        return "option 'protocolDomain' is only used by protocolAuthentication 'NTLM'";
-      }
-      return undefined;
-    },
     async middle({ remote, opts, log }) {
       const host = opts.protocolHost!;
       await remote!.writeLine(`CONNECT ${host} HTTP/1.1`);

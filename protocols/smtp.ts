@@ -21,7 +21,6 @@ async function lastLine(ch: Channel, prefix: string): Promise<string> {
 export const smtp: Protocol = {
   name: "smtp",
   client: {
-    options: ["protocolHost", "protocolUsername", "protocolPassword", "protocolAuthentication"],
     /** Relays the greeting to the client, then EHLO and STARTTLS with the server. */
     async middle({ local, remote, opts }) {
       let line: string;

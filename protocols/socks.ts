@@ -295,7 +295,6 @@ export const socks: Protocol = {
     },
   },
   server: {
-    endpoint: true,
     /** Inside TLS, before the connect: the request chooses the target. */
     async middle(ctx) {
       const ch = ctx.tls!;

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { formatAddress, lookupTcpService, parseAddress } from "../lib/config/address.ts";
-import { type ConfigEnv, ConfigError, loadConfig, parseConfigText } from "../lib/config/parser.ts";
-import { findOption, OPTIONS, SSL_OPTIONS } from "../lib/config/options.ts";
+import {
+  type ConfigEnv,
+  ConfigError,
+  loadConfig,
+  parseConfigText,
+  systemEnv,
+} from "../lib/config/parser.ts";
+import { findOption, OPTIONS } from "../lib/config/options.ts";
+import { SSL_OPTIONS } from "../lib/sys/names.ts";
 import {
   helpLines,
   optionsLines,
@@ -33,6 +40,9 @@ function memoryEnv(files: Record<string, string> = {}): ConfigEnv {
     userExists: (name) => name === "nobody",
     groupExists: (name) => name === "nogroup",
     tcpService: (name) => ({ https: 443, imaps: 993 } as Record<string, number>)[name],
+    resolveHost: systemEnv().resolveHost,
+    libwrapMissing: systemEnv().libwrapMissing,
+    readPskSecrets: systemEnv().readPskSecrets,
   };
 }
 

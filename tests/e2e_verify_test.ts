@@ -33,7 +33,7 @@ import {
   withTimeout,
   writeAll,
 } from "./helpers.ts";
-import { parseConfigText } from "../lib/config/parser.ts";
+import { parseConfigText, systemEnv } from "../lib/config/parser.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -209,6 +209,9 @@ Deno.test("verify options set stunnel's switches in file order", () => {
     userExists: () => true,
     groupExists: () => true,
     tcpService: () => undefined,
+    resolveHost: systemEnv().resolveHost,
+    libwrapMissing: systemEnv().libwrapMissing,
+    readPskSecrets: systemEnv().readPskSecrets,
   };
   const switches = (lines: string) => {
     const text = `[s]\naccept = 4433\nconnect = 8080\ncert = /c.pem\nCAfile = /ca.pem\n${lines}\n`;

@@ -7,7 +7,7 @@
  */
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
-import { ProtocolError } from "../../protocols/mod.ts";
+import { AccessDenied } from "./denied.ts";
 
 const DEFAULT_AUTH_PORT = 113;
 /** stunnel's fd_getline() limit. */
@@ -31,7 +31,7 @@ function authPort(): number | undefined {
 
 /** Fails the connection (with a reset, as stunnel's longjmp) after the lines were logged. */
 function refuse(): never {
-  throw new ProtocolError("");
+  throw new AccessDenied("ident");
 }
 
 /** Reads one line as fd_getline(): CRs dropped, ends at LF or NUL. */
@@ -67,7 +67,7 @@ async function bounded<T>(
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       onTimeout();
-      reject(new ProtocolError(""));
+      reject(new AccessDenied("ident"));
     }, seconds * 1000);
   });
   try {
@@ -113,7 +113,7 @@ export async function identAuth(check: IdentCheck, log: Logger): Promise<void> {
       connecting.then((c) => c.close(), () => {});
     });
   } catch (e) {
-    if (!(e instanceof ProtocolError)) log(3, `s_connect: connect ${target}: ${osErrorText(e)}`);
+    if (!(e instanceof AccessDenied)) log(3, `s_connect: connect ${target}: ${osErrorText(e)}`);
     refuse();
   }
   let line: string;
@@ -134,7 +134,7 @@ export async function identAuth(check: IdentCheck, log: Logger): Promise<void> {
     });
     log(7, ` <- ${line}`);
   } catch (e) {
-    if (!(e instanceof ProtocolError)) log(3, osErrorText(e));
+    if (!(e instanceof AccessDenied)) log(3, osErrorText(e));
     refuse();
   } finally {
     try {

@@ -10,7 +10,7 @@
 import dns from "node:dns";
 import { cstr, libwrap } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
-import { ProtocolError } from "../../protocols/mod.ts";
+import { AccessDenied } from "./denied.ts";
 
 /** tcpd.h STRING_UNKNOWN and STRING_PARANOID. */
 const UNKNOWN = "unknown";
@@ -99,7 +99,7 @@ export async function libwrapAuth(
   if (allowed === 0) {
     log(4, `Service [${name}] REFUSED by libwrap from ${accepted}`);
     log(7, "See hosts_access(5) manual for details");
-    throw new ProtocolError("");
+    throw new AccessDenied("libwrap");
   }
   log(7, `Service [${name}] permitted by libwrap from ${accepted}`);
 }

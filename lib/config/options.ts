@@ -5,9 +5,8 @@
  */
 
 import { type AddressRole, parseAddress, type ServiceLookup } from "./address.ts";
-import { libwrap } from "../sys/ffi.ts";
-import { readPskSecrets } from "../tls/psk.ts";
-import { resolveHostSync } from "../sys/sockfd.ts";
+import { OCSP_FLAGS, sslOptionName, SYSLOG_FACILITIES, SYSLOG_LEVELS } from "../sys/names.ts";
+import { PROTOCOL_NAMES } from "./protocols.ts";
 import type { ConfigLine, EngineStep, GlobalOptions, PskSecrets, ServiceOptions } from "./types.ts";
 
 export type Scope = "global" | "service";
@@ -26,6 +25,12 @@ export interface System {
   userExists(name: string): boolean;
   groupExists(name: string): boolean;
   tcpService: ServiceLookup;
+  /** `local = HOST`: the first numeric address of HOST; throws the resolver's reason. */
+  resolveHost(name: string): string;
+  /** undefined when libwrap.so.0 can be loaded, else the reason. */
+  libwrapMissing(): string | undefined;
+  /** Reads a `PSKsecrets` file; throws an OptionError with stunnel's lines. */
+  readPskSecrets(path: string): PskSecrets;
 }
 
 export interface ParseContext {
@@ -159,30 +164,6 @@ const fileOrEngineObject: Kind<string> = {
   },
 };
 
-const SYSLOG_FACILITIES = [
-  "auth",
-  "cron",
-  "daemon",
-  "kern",
-  "lpr",
-  "mail",
-  "news",
-  "syslog",
-  "user",
-  "uucp",
-  "local0",
-  "local1",
-  "local2",
-  "local3",
-  "local4",
-  "local5",
-  "local6",
-  "local7",
-  "authpriv",
-  "ftp",
-];
-const SYSLOG_LEVELS = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
-
 interface Debug {
   facility?: string;
   level: number;
@@ -197,11 +178,11 @@ const debug: Kind<Debug> = {
     if (context.inGlobalSection && raw.includes(".")) {
       const dot = raw.indexOf(".");
       facility = raw.slice(0, dot).toLowerCase();
-      if (!SYSLOG_FACILITIES.includes(facility)) throw "Illegal syslog facility";
+      if (!(facility in SYSLOG_FACILITIES)) throw "Illegal syslog facility";
       levelText = raw.slice(dot + 1);
     }
     if (/^[0-7]$/.test(levelText)) return { facility, level: Number(levelText) };
-    const level = SYSLOG_LEVELS.indexOf(levelText.toLowerCase());
+    const level = (SYSLOG_LEVELS as readonly string[]).indexOf(levelText.toLowerCase());
     if (level < 0) throw "Illegal debug level";
     return { facility, level };
   },
@@ -212,78 +193,6 @@ const tlsVersion: Kind<string> = {
   ...enumOf(Object.fromEntries(TLS_VERSIONS.map((v) => [v, v])), "Invalid protocol version"),
   syntax: TLS_VERSIONS.join(" | "),
 };
-
-/**
- * OpenSSL 3.0 SSL_OP_* values (include/openssl/ssl.h) for every name `stunnel -options` lists,
- * in its order. Names that are 0 are obsolete no-ops kept by OpenSSL for compatibility.
- */
-export const SSL_OPTIONS: Readonly<Record<string, bigint>> = (() => {
-  const bit = (n: number) => 1n << BigInt(n);
-  return {
-    ALL: bit(31) | bit(11) | bit(4) | bit(6),
-    ALLOW_CLIENT_RENEGOTIATION: bit(8),
-    ALLOW_NO_DHE_KEX: bit(10),
-    ALLOW_UNSAFE_LEGACY_RENEGOTIATION: bit(18),
-    CIPHER_SERVER_PREFERENCE: bit(22),
-    CISCO_ANYCONNECT: bit(15),
-    CLEANSE_PLAINTEXT: bit(1),
-    COOKIE_EXCHANGE: bit(13),
-    CRYPTOPRO_TLSEXT_BUG: bit(31),
-    DISABLE_TLSEXT_CA_NAMES: bit(9),
-    DONT_INSERT_EMPTY_FRAGMENTS: bit(11),
-    ENABLE_KTLS: bit(3),
-    ENABLE_MIDDLEBOX_COMPAT: bit(20),
-    EPHEMERAL_RSA: 0n,
-    IGNORE_UNEXPECTED_EOF: bit(7),
-    LEGACY_SERVER_CONNECT: bit(2),
-    MICROSOFT_BIG_SSLV3_BUFFER: 0n,
-    MICROSOFT_SESS_ID_BUG: 0n,
-    MSIE_SSLV2_RSA_PADDING: 0n,
-    NETSCAPE_CA_DN_BUG: 0n,
-    NETSCAPE_CHALLENGE_BUG: 0n,
-    NETSCAPE_DEMO_CIPHER_CHANGE_BUG: 0n,
-    NETSCAPE_REUSE_CIPHER_CHANGE_BUG: 0n,
-    NO_ANTI_REPLAY: bit(24),
-    NO_COMPRESSION: bit(17),
-    NO_DTLS_MASK: bit(26) | bit(27),
-    NO_DTLSv1: bit(26),
-    NO_DTLSv1_2: bit(27),
-    NO_ENCRYPT_THEN_MAC: bit(19),
-    NO_EXTENDED_MASTER_SECRET: bit(0),
-    NO_QUERY_MTU: bit(12),
-    NO_RENEGOTIATION: bit(30),
-    NO_SESSION_RESUMPTION_ON_RENEGOTIATION: bit(16),
-    NO_SSL_MASK: bit(25) | bit(26) | bit(28) | bit(27) | bit(29),
-    NO_SSLv2: 0n,
-    NO_SSLv3: bit(25),
-    NO_TICKET: bit(14),
-    NO_TLSv1: bit(26),
-    NO_TLSv1_1: bit(28),
-    NO_TLSv1_2: bit(27),
-    NO_TLSv1_3: bit(29),
-    PKCS1_CHECK_1: 0n,
-    PKCS1_CHECK_2: 0n,
-    PRIORITIZE_CHACHA: bit(21),
-    SAFARI_ECDHE_ECDSA_BUG: bit(6),
-    SINGLE_DH_USE: 0n,
-    SINGLE_ECDH_USE: 0n,
-    SSLEAY_080_CLIENT_DH_BUG: 0n,
-    SSLREF2_REUSE_CERT_TYPE_BUG: 0n,
-    TLS_BLOCK_PADDING_BUG: 0n,
-    TLS_D5_BUG: 0n,
-    TLSEXT_PADDING: bit(4),
-    TLS_ROLLBACK_BUG: bit(23),
-  };
-})();
-
-/** stunnel sets these before any `options =` line is applied. */
-export const DEFAULT_SSL_OPTIONS: readonly string[] = ["NO_SSLv2", "NO_SSLv3"];
-
-/** Finds the canonical SSL_OPTIONS name, case-insensitively. */
-export function sslOptionName(name: string): string | undefined {
-  const lower = name.toLowerCase();
-  return Object.keys(SSL_OPTIONS).find((k) => k.toLowerCase() === lower);
-}
 
 /** `NAME` or `-NAME`, stored canonically spelled. */
 const sslOption: Kind<string> = {
@@ -353,42 +262,13 @@ const socketOption: Kind<string> = {
   },
 };
 
-const OCSP_FLAGS = [
-  "NOCERTS",
-  "NOINTERN",
-  "NOSIGS",
-  "NOCHAIN",
-  "NOVERIFY",
-  "NOEXPLICIT",
-  "NOCASIGN",
-  "NODELEGATED",
-  "NOCHECKS",
-  "TRUSTOTHER",
-  "RESPID_KEY",
-  "NOTIME",
-];
 const ocspFlag: Kind<string> = {
-  ...enumOf(Object.fromEntries(OCSP_FLAGS.map((f) => [f, f])), "Illegal OCSP flag"),
+  ...enumOf(Object.fromEntries(Object.keys(OCSP_FLAGS).map((f) => [f, f])), "Illegal OCSP flag"),
   syntax: "OCSP_FLAG",
 };
 
-/** Protocol names stunnel 5.68 knows (checked at section end there, at the line here). */
-export const PROTOCOLS = [
-  "cifs",
-  "capwin",
-  "capwinctrl",
-  "connect",
-  "imap",
-  "ldap",
-  "nntp",
-  "pgsql",
-  "pop3",
-  "proxy",
-  "smtp",
-  "socks",
-];
 const protocol: Kind<string> = {
-  ...enumOf(Object.fromEntries(PROTOCOLS.map((p) => [p, p])), "Protocol not supported"),
+  ...enumOf(Object.fromEntries(PROTOCOL_NAMES.map((p) => [p, p])), "Protocol not supported"),
   syntax: "PROTOCOL",
 };
 
@@ -441,7 +321,7 @@ function ticketSecret(option: string): Kind<Uint8Array> {
 
 const pskSecrets: Kind<PskSecrets> = {
   syntax: "FILE",
-  parse: (raw) => readPskSecrets(raw),
+  parse: (raw, context) => context.system.readPskSecrets(raw),
 };
 
 function account(kind: "UID" | "GID"): Kind<string> {
@@ -458,9 +338,9 @@ function account(kind: "UID" | "GID"): Kind<string> {
 /** `local = HOST`: resolved when read, as stunnel does; stored as its first numeric address. */
 const localHost: Kind<string> = {
   syntax: "HOST",
-  parse(raw) {
+  parse(raw, context) {
     try {
-      return resolveHostSync(raw);
+      return context.system.resolveHost(raw);
     } catch (why) {
       throw new OptionError("Failed to resolve local address", [String(why)]);
     }
@@ -1039,14 +919,8 @@ export const OPTIONS: readonly OptionSpec[] = [
     parse(raw, ctx) {
       const on = yesNo.parse(raw, ctx);
       // libwrap.so.0 is opened only when some service uses it: missing, it fails this line.
-      if (on) {
-        try {
-          libwrap();
-        } catch (e) {
-          const reason = e instanceof Error ? e.message : String(e);
-          throw `libwrap is not available: ${reason.replace(/^(Could not open library: )+/, "")}`;
-        }
-      }
+      const missing = on ? ctx.system.libwrapMissing() : undefined;
+      if (missing) throw `libwrap is not available: ${missing}`;
       return on;
     },
     store: toService("libwrap"),

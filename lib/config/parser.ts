@@ -1,5 +1,8 @@
 /** stunnel.conf parser: text → Configuration, with stunnel's grammar and error messages. */
 
+import { libwrap } from "../sys/ffi.ts";
+import { resolveHostSync } from "../sys/sockfd.ts";
+import { readPskSecrets } from "./psk_secrets.ts";
 import { osError } from "../sys/oserror.ts";
 import { lookupTcpService } from "./address.ts";
 import {
@@ -11,7 +14,7 @@ import {
   type System,
 } from "./options.ts";
 import type { Configuration, GlobalOptions, ServiceOptions, Where } from "./types.ts";
-import { checkProtocol, protocolImplemented, protocolIsEndpoint } from "../../protocols/mod.ts";
+import { checkProtocol, protocolIsEndpoint } from "./protocols.ts";
 
 /** A configuration error whose message is already formatted the way stunnel logs it. */
 export class ConfigError extends Error {
@@ -61,6 +64,17 @@ export function systemEnv(): ConfigEnv {
     userExists: (name) => databaseHas("/etc/passwd", name),
     groupExists: (name) => databaseHas("/etc/group", name),
     tcpService: (name) => lookupTcpService(name),
+    resolveHost: resolveHostSync,
+    libwrapMissing() {
+      try {
+        libwrap();
+        return undefined;
+      } catch (e) {
+        const reason = e instanceof Error ? e.message : String(e);
+        return reason.replace(/^(Could not open library: )+/, "");
+      }
+    },
+    readPskSecrets,
   };
 }
 
@@ -185,12 +199,6 @@ function parseLine(raw: string, where: Where, state: State): void {
   if (option.status === "later") {
     throw new ConfigError(
       `${where.file}:${where.line}: option '${option.name}' is not supported yet`,
-      { where },
-    );
-  }
-  if (option.name === "protocol" && !protocolImplemented(parsed as string)) {
-    throw new ConfigError(
-      `${where.file}:${where.line}: protocol '${parsed}' is not supported yet`,
       { where },
     );
   }

@@ -4,9 +4,8 @@
  * The header lines (version, OpenSSL, threading) are main.ts's business.
  */
 
-import { OPTIONS, type OptionSpec, SOCKET_OPTIONS, SSL_OPTIONS, type Status } from "./options.ts";
-
-export { SSL_OPTIONS };
+import { OPTIONS, type OptionSpec, SOCKET_OPTIONS, type Status } from "./options.ts";
+import { SSL_OPTIONS } from "../sys/names.ts";
 
 /** stunnel's `%-22s = %s`. */
 function pair(name: string, value: string): string {

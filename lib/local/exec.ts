@@ -6,7 +6,7 @@
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { type PtyConn, spawnPty } from "./pty.ts";
-import type { TlsConnection } from "../tls/context.ts";
+import type { TlsConnection } from "../tls/core.ts";
 import { peerNames } from "../tls/verify.ts";
 import type { ServiceOptions } from "../config/types.ts";
 

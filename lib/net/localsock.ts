@@ -4,9 +4,8 @@
  */
 import { errnoText, lib } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
-import type { Service } from "../proxy/service.ts";
 import { decodeSockAddr, findConnFd } from "../sys/sockfd.ts";
-import { setOptions } from "./sockopt.ts";
+import { setOptions, type SocketOption } from "./sockopt.ts";
 import type { Address } from "../config/types.ts";
 
 const SOL_IP = 0;
@@ -18,10 +17,14 @@ const SO_ORIGINAL_DST = 80;
  * Sets the local options the listener did not already give the accepted socket (listener.ts),
  * and logs every local option as stunnel does. A failure is a warning, as in stunnel.
  */
-export function applyLocalOptions(service: Service, conn: Deno.Conn, log: Logger): void {
+export function applyLocalOptions(
+  /** Every `l:` option of the service, and those the listener could not give the socket. */
+  options: { all: readonly SocketOption[]; own: readonly SocketOption[] },
+  conn: Deno.Conn,
+  log: Logger,
+): void {
   if (conn.localAddr.transport !== "tcp" || conn.remoteAddr.transport !== "tcp") return;
-  const all = service.sockets.local;
-  const own = service.localPerConnection;
+  const { all, own } = options;
   let fd: number | undefined;
   if (own.length > 0) {
     fd = findConnFd(conn);

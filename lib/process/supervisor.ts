@@ -8,7 +8,7 @@ import { cstr, errnoText, lib } from "../sys/ffi.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
-import type { ToWorker, WorkerReply } from "./worker.ts";
+import type { ToWorker, WorkerReply } from "./messages.ts";
 
 /** How often the load is looked at, and the share of that time which is saturation. */
 const SCALE_INTERVAL_MS = 500;
@@ -39,11 +39,6 @@ function mainThreadDemand(): { busyNs: number; atNs: number } {
 
 /** Loads the configuration again on SIGHUP (from the same source). */
 export type ConfigLoader = () => Promise<Configuration>;
-
-/** The log sink of a worker thread: the same destinations, never truncating the file. */
-export function workerSink(global: GlobalOptions, stderrLevel: number): LogSink {
-  return new LogSink({ ...global, log: "append" }, stderrLevel);
-}
 
 export class Supervisor {
   private readonly daemon: Daemon;

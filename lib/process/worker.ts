@@ -1,21 +1,6 @@
 /** A worker thread: one more Daemon on the same configuration, driven by the Supervisor. */
-import { Daemon, type Runtime } from "../proxy/daemon.ts";
-import { workerSink } from "./supervisor.ts";
-import type { Configuration } from "../config/types.ts";
-
-export type ToWorker =
-  | { type: "start"; config: Configuration; runtime: Runtime; stderrLevel: number }
-  | { type: "reload"; config: Configuration }
-  | { type: "reopen" }
-  | { type: "list" }
-  | { type: "stop" };
-
-export interface WorkerReply {
-  id: number;
-  ok: boolean;
-  /** The answer to "list": one summary per open connection. */
-  lines?: string[];
-}
+import { Daemon } from "../proxy/daemon.ts";
+import { type ToWorker, type WorkerReply, workerSink } from "./messages.ts";
 
 interface Context {
   daemon?: Daemon;

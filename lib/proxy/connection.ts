@@ -1,4 +1,5 @@
 /** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
+import { AccessDenied } from "../access/denied.ts";
 import type { Logger } from "../sys/log.ts";
 import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
@@ -7,8 +8,7 @@ import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
 import { checkPeerOcsp } from "../tls/ocsp.ts";
 import { attachSni } from "../tls/sni.ts";
-import { TlsError } from "../tls/context.ts";
-import type { TlsConnection } from "../tls/context.ts";
+import { type TlsConnection, TlsError } from "../tls/core.ts";
 import { execEnvironment, spawnExec } from "../local/exec.ts";
 import { identAuth } from "../access/ident.ts";
 import { libwrapAuth } from "../access/libwrap.ts";
@@ -172,7 +172,11 @@ export class Connection {
     this.sockets.push(this.local);
     // TCP_NODELAY (stunnel's l: default) and the other l: options; the listener gave most of
     // them to the accepted socket already (listener.ts).
-    applyLocalOptions(service, this.local, this.log);
+    applyLocalOptions(
+      { all: service.sockets.local, own: service.localPerConnection },
+      this.local,
+      this.log,
+    );
     // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
     const negotiation = negotiationFor(opts);
     const local = new PlainStream(this.local);
@@ -353,7 +357,7 @@ export class Connection {
       for (const line of e.logLines()) log(3, line);
     } else if (e instanceof ProtocolError) {
       if (e.line) log(3, e.line);
-    } else {
+    } else if (!(e instanceof AccessDenied)) {
       log(3, osErrorText(e));
     }
   }

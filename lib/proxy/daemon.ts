@@ -12,7 +12,7 @@ import { osErrorText } from "../sys/oserror.ts";
 import { newRoundRobin, Service } from "./service.ts";
 import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
 import { ListenerOptionsError } from "../net/listener.ts";
-import { TlsError } from "../tls/context.ts";
+import { TlsError } from "../tls/core.ts";
 import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
 import type { Configuration, LogId } from "../config/types.ts";
 

@@ -12,7 +12,7 @@ import { lib } from "../sys/ffi.ts";
 import { early, LogSink } from "../sys/log.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
-import { TlsError } from "../tls/context.ts";
+import { TlsError } from "../tls/core.ts";
 import type { Configuration } from "../config/types.ts";
 
 const SHUT_WR = 1;

@@ -2,7 +2,7 @@
  * The two pumps of a connection: each direction copies from a stream to the other, awaiting
  * every write before the next read, so buffers stay bounded and backpressure reaches the sender.
  */
-import type { TlsConnection } from "../tls/context.ts";
+import type { TlsConnection } from "../tls/core.ts";
 
 /** One side of a connection, seen as a byte stream (plain socket or TLS over a socket). */
 export interface Stream {

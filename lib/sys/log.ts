@@ -1,40 +1,17 @@
 /** stunnel's log: `2026.11.22 01:05:49 LOG5[0]: message` to stderr, a file and/or syslog. */
 import { cstr, lib } from "./ffi.ts";
-import type { GlobalOptions } from "../config/types.ts";
+import { SYSLOG_FACILITIES } from "./names.ts";
 
-export const LEVEL_NAMES = [
-  "emerg",
-  "alert",
-  "crit",
-  "err",
-  "warning",
-  "notice",
-  "info",
-  "debug",
-] as const;
-
-export const FACILITIES: Record<string, number> = {
-  auth: 4 << 3,
-  authpriv: 10 << 3,
-  cron: 9 << 3,
-  daemon: 3 << 3,
-  ftp: 11 << 3,
-  kern: 0,
-  lpr: 6 << 3,
-  mail: 2 << 3,
-  news: 7 << 3,
-  syslog: 5 << 3,
-  user: 1 << 3,
-  uucp: 8 << 3,
-  local0: 16 << 3,
-  local1: 17 << 3,
-  local2: 18 << 3,
-  local3: 19 << 3,
-  local4: 20 << 3,
-  local5: 21 << 3,
-  local6: 22 << 3,
-  local7: 23 << 3,
-};
+/** The global options that decide where log lines go. */
+export interface LogSettings {
+  /** syslog facility name, lower case. */
+  debugFacility: string;
+  log: "append" | "overwrite";
+  output?: string;
+  /** syslog's ident. */
+  service: string;
+  syslog: boolean;
+}
 
 /** A log function bound to a connection or component id; drops messages above `level`. */
 export interface Logger {
@@ -64,14 +41,14 @@ export class LogSink {
   heldBack: Uint8Array[] | undefined;
 
   /** Lines up to `stderrLevel` also go to stderr (-1: none; `foreground = yes`: all). */
-  constructor(private readonly global: GlobalOptions, public stderrLevel: number) {}
+  constructor(private readonly global: LogSettings, public stderrLevel: number) {}
 
   /** Opens the output file and syslog; throws with the reason if the file cannot be opened. */
   open(): void {
     this.openFile();
     if (this.global.syslog) {
       this.syslogIdent = cstr(this.global.service);
-      const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
+      const facility = SYSLOG_FACILITIES[this.global.debugFacility] ?? SYSLOG_FACILITIES.daemon;
       lib().libc.openlog(this.syslogIdent, LOG_PID | LOG_NDELAY, facility);
     }
   }
@@ -115,7 +92,7 @@ export class LogSink {
   write(level: number, id: string, message: string): void {
     const body = `LOG${level}[${id}]: ${message}`;
     if (this.syslogIdent) {
-      const facility = FACILITIES[this.global.debugFacility] ?? FACILITIES.daemon;
+      const facility = SYSLOG_FACILITIES[this.global.debugFacility] ?? SYSLOG_FACILITIES.daemon;
       lib().libc.syslog(facility | level, cstr("%s"), cstr(body));
     }
     const toStderr = level <= this.stderrLevel;

@@ -1,35 +1,28 @@
-/**
- * The TLS engine: an OpenSSL SSL_CTX per service and an SSL object per connection,
- * driven over two memory BIOs so that sockets stay Deno's.
- */
+/** One OpenSSL SSL_CTX per service, configured by the TLS features in stunnel's order. */
 import {
-  BIO_C_SET_BUF_MEM_EOF_RETURN,
-  BIO_CTRL_PENDING,
   cstr,
-  drainErrors,
   lib,
-  type OpenSslError,
   PROTOCOL_VERSIONS,
   type Ptr,
-  readCString,
   SSL_CTRL_CHAIN_CERT,
   SSL_CTRL_MODE,
   SSL_CTRL_SET_GROUPS_LIST,
   SSL_CTRL_SET_MAX_PROTO_VERSION,
   SSL_CTRL_SET_MIN_PROTO_VERSION,
-  SSL_CTRL_SET_TLSEXT_HOSTNAME,
-  SSL_ERROR_SSL,
-  SSL_ERROR_SYSCALL,
-  SSL_ERROR_WANT_READ,
-  SSL_ERROR_WANT_WRITE,
-  SSL_ERROR_ZERO_RETURN,
   SSL_FILETYPE_PEM,
   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
   SSL_MODE_ENABLE_PARTIAL_WRITE,
   SSL_MODE_RELEASE_BUFFERS,
-  TLSEXT_NAMETYPE_host_name,
 } from "../sys/ffi.ts";
-import { DEFAULT_SSL_OPTIONS, SSL_OPTIONS, sslOptionName } from "../config/options.ts";
+import { DEFAULT_SSL_OPTIONS, SSL_OPTIONS, sslOptionName } from "../sys/names.ts";
+import {
+  check,
+  type ContextHandle,
+  type ContextOptions,
+  TlsConnection,
+  type TlsContextLog,
+  TlsError,
+} from "./core.ts";
 import { ClientSessions, configureSessions, setTicketKeys } from "./session.ts";
 import { configurePsk } from "./psk.ts";
 import { applyConfigCommands, configureDh, watchRenegotiation } from "./policy.ts";
@@ -37,84 +30,9 @@ import { configureVerification } from "./verify.ts";
 import { installServernameCallback } from "./sni.ts";
 import { configureStapling } from "./ocsp.ts";
 import { loadCertFromEngine, loadKeyFromEngine, serviceEngine } from "./engine.ts";
-import type { ServiceOptions } from "../config/types.ts";
-
-/** An OpenSSL failure: `what` is the failing call, `errors` the drained queue (oldest first). */
-export class TlsError extends Error {
-  constructor(readonly what: string, readonly errors: OpenSslError[], detail?: string) {
-    super(
-      errors.length > 0 ? `${what}: ${errors[0].text}` : `${what}: ${detail ?? "unknown error"}`,
-    );
-  }
-
-  /**
-   * stunnel's sslerror() lines: the later errors newest first as "error queue: ...", then the
-   * message with the first (oldest) error, the one that started it.
-   */
-  logLines(): string[] {
-    const queue = this.errors.slice(1).reverse().map((e) => `error queue: ${e.text}`);
-    return [...queue, this.message];
-  }
-}
-
-export function check(ok: boolean, what: string): void {
-  if (!ok) throw new TlsError(what, drainErrors());
-}
-
-export interface TlsContextLog {
-  (level: number, message: string): void;
-}
-
-/** Everything of a service that decides how its SSL_CTX is built. */
-export type ContextOptions = Pick<
-  ServiceOptions,
-  | "name"
-  | "client"
-  | "cert"
-  | "key"
-  | "ciphers"
-  | "ciphersuites"
-  | "curves"
-  | "options"
-  | "securityLevel"
-  | "sslVersionMin"
-  | "sslVersionMax"
-  | "sessionResume"
-  | "sessionCacheSize"
-  | "sessionCacheTimeout"
-  | "sni"
-  | "CAfile"
-  | "CApath"
-  | "verifyChain"
-  | "checkHost"
-  | "checkIP"
-  | "checkEmail"
-  | "requestCert"
-  | "requireCert"
-  | "verifyPeer"
-  | "CRLfile"
-  | "CRLpath"
-  | "redirect"
-  | "ticketKeySecret"
-  | "ticketMacSecret"
-  | "PSKsecrets"
-  | "PSKidentity"
-  | "config"
-  | "renegotiation"
-  | "OCSP"
-  | "OCSPaia"
-  | "OCSPflag"
-  | "OCSPnonce"
-  | "verify"
-  | "TIMEOUTbusy"
-  | "TIMEOUTconnect"
-  | "engine"
-  | "sessiond"
-  | "CAengine"
->;
 
 /** One SSL_CTX, shared by all connections of a service. */
-export class TlsContext {
+export class TlsContext implements ContextHandle {
   private freed = false;
   /** Native things that live as long as the context (callbacks, stores): closed in free(). */
   private readonly owned: { close(): void }[] = [];
@@ -343,192 +261,5 @@ export class TlsContext {
     // SSL objects hold their own reference to the context, so live connections are safe.
     lib().ssl.SSL_CTX_free(this.ctx);
     for (const thing of this.owned) thing.close();
-  }
-}
-
-export type ReadResult = number | "want" | "closed";
-
-/** The connections of this thread by the address of their SSL, for OpenSSL callbacks. */
-const liveConnections = new Map<bigint, TlsConnection>();
-
-function addressOf(p: Ptr): bigint {
-  return BigInt(Deno.UnsafePointer.value(p));
-}
-
-/** The connection an OpenSSL callback was called for; undefined once it was freed. */
-export function connectionOf(ssl: Ptr): TlsConnection | undefined {
-  return ssl === null ? undefined : liveConnections.get(addressOf(ssl));
-}
-
-/**
- * One TLS connection. Ciphertext goes in with `feed` and comes out with `takeOutput`;
- * plaintext goes in with `write` and comes out with `read`.
- */
-export class TlsConnection {
-  readonly ssl: Ptr;
-  private readonly rbio: Ptr;
-  private readonly wbio: Ptr;
-  private freed = false;
-  private eof = false;
-  /** The connection's log, for lines that OpenSSL callbacks write about it. */
-  log: TlsContextLog = () => {};
-  /** Set by a callback that refuses the connection: the next engine call fails with it. */
-  refusal: string | undefined;
-  /** A pre-shared key of PSKsecrets was used (OpenSSL then reports a "reused" session). */
-  psk = false;
-
-  constructor(readonly context: TlsContext, readonly client: boolean, sni?: string) {
-    const { ssl, crypto } = lib();
-    this.ssl = ssl.SSL_new(context.ctx);
-    check(this.ssl !== null, "SSL_new");
-    liveConnections.set(addressOf(this.ssl), this);
-    this.rbio = crypto.BIO_new(crypto.BIO_s_mem());
-    this.wbio = crypto.BIO_new(crypto.BIO_s_mem());
-    // SSL_set_bio transfers ownership: SSL_free frees both BIOs.
-    ssl.SSL_set_bio(this.ssl, this.rbio, this.wbio);
-    if (client) {
-      if (sni) {
-        ssl.SSL_ctrl_str(
-          this.ssl,
-          SSL_CTRL_SET_TLSEXT_HOSTNAME,
-          BigInt(TLSEXT_NAMETYPE_host_name),
-          cstr(sni),
-        );
-      }
-      ssl.SSL_set_connect_state(this.ssl);
-    } else {
-      ssl.SSL_set_accept_state(this.ssl);
-    }
-  }
-
-  private get call(): string {
-    return this.client ? "SSL_connect" : "SSL_accept";
-  }
-
-  /** Ciphertext received from the peer. */
-  feed(data: Uint8Array<ArrayBuffer>): void {
-    lib().crypto.BIO_write(this.rbio, data, data.length);
-  }
-
-  /** The peer's socket reached end of file: OpenSSL sees EOF instead of "retry". */
-  feedEof(): void {
-    this.eof = true;
-    lib().crypto.BIO_ctrl(this.rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0n, null);
-  }
-
-  /** Runs the handshake as far as the input allows: true when finished. */
-  handshake(): boolean {
-    const { ssl } = lib();
-    const r = ssl.SSL_do_handshake(this.ssl);
-    this.failIfRefused();
-    if (r === 1) return true;
-    this.failUnlessRetry(r, this.call);
-    return false;
-  }
-
-  /** Decrypts into `out`: a byte count, "want" (needs input) or "closed" (close_notify). */
-  read(out: Uint8Array<ArrayBuffer>): ReadResult {
-    const { ssl } = lib();
-    const n = ssl.SSL_read(this.ssl, out, out.length);
-    this.failIfRefused();
-    if (n > 0) return n;
-    const err = ssl.SSL_get_error(this.ssl, n);
-    if (err === SSL_ERROR_ZERO_RETURN) return "closed";
-    if (this.eof && (err === SSL_ERROR_SYSCALL || err === SSL_ERROR_SSL)) {
-      // The socket ended without close_notify: the caller decides what that means.
-      drainErrors();
-      return "want";
-    }
-    this.failUnlessRetry(n, "SSL_read", err);
-    return "want";
-  }
-
-  /**
-   * Encrypts as much of `data` as it can (a memory BIO never pushes back): the byte count,
-   * short only while a renegotiation waits for input from the peer.
-   */
-  write(data: Uint8Array<ArrayBuffer>): number {
-    const { ssl } = lib();
-    let offset = 0;
-    while (offset < data.length) {
-      const chunk = offset === 0 ? data : data.subarray(offset);
-      const n = ssl.SSL_write(this.ssl, chunk, chunk.length);
-      this.failIfRefused();
-      if (n <= 0) {
-        this.failUnlessRetry(n, "SSL_write");
-        return offset;
-      }
-      offset += n;
-    }
-    return offset;
-  }
-
-  /** Queues our close_notify. */
-  shutdown(): void {
-    const { ssl } = lib();
-    const r = ssl.SSL_shutdown(this.ssl);
-    if (r < 0) this.failUnlessRetry(r, "SSL_shutdown");
-  }
-
-  /** Bytes of ciphertext from the peer not yet decrypted (the rest of a batch of records). */
-  pendingInput(): number {
-    return Number(lib().crypto.BIO_ctrl(this.rbio, BIO_CTRL_PENDING, 0n, null));
-  }
-
-  /** Bytes of ciphertext waiting to be sent to the peer. */
-  pendingOutput(): number {
-    return Number(lib().crypto.BIO_ctrl(this.wbio, BIO_CTRL_PENDING, 0n, null));
-  }
-
-  /** Moves up to `out.length` bytes of ciphertext for the peer into `out`. */
-  takeOutput(out: Uint8Array<ArrayBuffer>): number {
-    const n = lib().crypto.BIO_read(this.wbio, out, out.length);
-    return n > 0 ? n : 0;
-  }
-
-  /** A previous session was resumed (an external PSK is no previous session, as for stunnel). */
-  get sessionReused(): boolean {
-    return !this.psk && lib().ssl.SSL_session_reused(this.ssl) === 1;
-  }
-
-  get version(): string {
-    return readCString(lib().ssl.SSL_get_version(this.ssl));
-  }
-
-  /** e.g. `TLS_AES_256_GCM_SHA384 (256-bit encryption)` */
-  get cipher(): { name: string; bits: number } {
-    const { ssl } = lib();
-    const c = ssl.SSL_get_current_cipher(this.ssl);
-    return {
-      name: readCString(ssl.SSL_CIPHER_get_name(c)),
-      bits: ssl.SSL_CIPHER_get_bits(c, null),
-    };
-  }
-
-  /** A callback refused the connection during the last engine call (its line is the error). */
-  private failIfRefused(): void {
-    if (this.refusal === undefined) return;
-    drainErrors();
-    throw new Error(this.refusal);
-  }
-
-  private failUnlessRetry(r: number, what: string, known?: number): void {
-    const { ssl } = lib();
-    const err = known ?? ssl.SSL_get_error(this.ssl, r);
-    if (err === SSL_ERROR_WANT_READ || err === SSL_ERROR_WANT_WRITE) return;
-    const errors = drainErrors();
-    if (err === SSL_ERROR_SYSCALL && errors.length === 0) {
-      throw new TlsError(what, errors, "unexpected end of file from the peer");
-    }
-    if (err === SSL_ERROR_SSL || errors.length > 0) throw new TlsError(what, errors);
-    throw new TlsError(what, errors, `SSL_get_error ${err}`);
-  }
-
-  /** Frees the SSL object and its BIOs; call exactly once, after both directions are done. */
-  free(): void {
-    if (this.freed) return;
-    this.freed = true;
-    liveConnections.delete(addressOf(this.ssl));
-    lib().ssl.SSL_free(this.ssl);
   }
 }

@@ -10,7 +10,7 @@
  */
 import { cstr, drainErrors, lib, type Ptr, readCString } from "../sys/ffi.ts";
 import { seedPrng } from "./random.ts";
-import { TlsError } from "./context.ts";
+import { TlsError } from "./core.ts";
 import type { ConfigLine, EngineRef, GlobalOptions } from "../config/types.ts";
 
 type Log = (level: number, message: string) => void;

@@ -40,26 +40,10 @@ import {
   SSL_TLSEXT_ERR_OK,
 } from "../sys/ffi.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { OCSP_FLAGS } from "../sys/names.ts";
 import { nameText } from "./verify.ts";
-import type { TlsConnection, TlsContext, TlsContextLog } from "./context.ts";
-import { TlsError } from "./context.ts";
+import { type ContextHandle, type TlsConnection, type TlsContextLog, TlsError } from "./core.ts";
 import type { ServiceOptions } from "../config/types.ts";
-
-/** OCSPflag names (stunnel's spelling) and their values from OpenSSL's ocsp.h. */
-export const OCSP_FLAG_VALUES: Readonly<Record<string, number>> = {
-  NOCERTS: 0x1,
-  NOINTERN: 0x2,
-  NOSIGS: 0x4,
-  NOCHAIN: 0x8,
-  NOVERIFY: 0x10,
-  NOEXPLICIT: 0x20,
-  NOCASIGN: 0x40,
-  NODELEGATED: 0x80,
-  NOCHECKS: 0x100,
-  TRUSTOTHER: 0x200,
-  RESPID_KEY: 0x400,
-  NOTIME: 0x800,
-};
 
 const X509_V_ERR_CERT_REVOKED = 23;
 const X509_V_ERR_APPLICATION_VERIFICATION = 50;
@@ -102,7 +86,7 @@ export function ocspChecksPeer(opts: OcspOptions): boolean {
 
 export function ocspFlags(names: readonly string[]): bigint {
   let flags = 0;
-  for (const name of names) flags |= OCSP_FLAG_VALUES[name.toUpperCase()] ?? 0;
+  for (const name of names) flags |= OCSP_FLAGS[name.toUpperCase()] ?? 0;
   return BigInt(flags);
 }
 
@@ -796,7 +780,7 @@ class Stapler {
         chain: this.own.chain,
         store: this.own.store,
         // As newer stunnel versions: a signer among the chain's certificates is trusted.
-        flags: BigInt(OCSP_FLAG_VALUES.TRUSTOTHER),
+        flags: BigInt(OCSP_FLAGS.TRUSTOTHER),
         nonce: false,
         leewaySeconds: BigInt(STAPLE_LEEWAY_SECONDS),
         timeoutBusy: this.opts.TIMEOUTbusy,
@@ -858,7 +842,7 @@ function statusRequestCallback(): Deno.PointerValue {
  * the `OCSP` responder and then the certificate's AIA responders. A no-op otherwise, and when
  * the issuer of the certificate is unknown (neither in its file nor among the trusted CAs).
  */
-export function configureStapling(context: TlsContext, log: TlsContextLog): void {
+export function configureStapling(context: ContextHandle, log: TlsContextLog): void {
   const opts: OcspOptions = context.opts;
   if (opts.client || (opts.OCSP === undefined && !opts.OCSPaia)) return;
   const { ssl, crypto } = lib();

@@ -21,17 +21,17 @@ import {
 import {
   check,
   connectionOf,
+  type ContextHandle,
   type TlsConnection,
-  type TlsContext,
   type TlsContextLog,
   TlsError,
-} from "./context.ts";
+} from "./core.ts";
 
 /**
  * `config = COMMAND[:PARAMETER]` lines, in order, through SSL_CONF_cmd with stunnel's flags
  * (configuration-file command names, client or server, certificate commands allowed).
  */
-export function applyConfigCommands(context: TlsContext, log: TlsContextLog): void {
+export function applyConfigCommands(context: ContextHandle, log: TlsContextLog): void {
   const { opts, ctx } = context;
   if (opts.config.length === 0) return;
   const { ssl } = lib();
@@ -74,7 +74,7 @@ export function applyConfigCommands(context: TlsContext, log: TlsContextLog): vo
  * in its certificate file, or else dynamic ones (OpenSSL's built-in groups, sized to match the
  * certificate's key, where stunnel generates its own in the background).
  */
-export function configureDh(context: TlsContext, log: TlsContextLog): void {
+export function configureDh(context: ContextHandle, log: TlsContextLog): void {
   const { opts, ctx } = context;
   if (opts.client) {
     log(6, "DH initialization skipped: client section");
@@ -146,7 +146,7 @@ const renegotiation = new WeakMap<TlsConnection, "established" | "detected">();
 
 const INFO = { parameters: ["pointer", "i32", "i32"], result: "void" } as const;
 
-/** One per thread, never closed: an SSL object can outlive its TlsContext across a reload. */
+/** One per thread, never closed: an SSL object can outlive its ContextHandle across a reload. */
 let infoCallback: Deno.UnsafeCallback<typeof INFO> | undefined;
 
 /**
@@ -154,7 +154,7 @@ let infoCallback: Deno.UnsafeCallback<typeof INFO> | undefined;
  * handshake marks the connection, which then ends with "Aborting due to renegotiation request"
  * (whether or not OpenSSL would have gone along with the renegotiation).
  */
-export function watchRenegotiation(context: TlsContext): void {
+export function watchRenegotiation(context: ContextHandle): void {
   infoCallback ??= new Deno.UnsafeCallback(INFO, onInfo);
   lib().ssl.SSL_CTX_set_info_callback(context.ctx, infoCallback.pointer);
 }

@@ -1,95 +1,17 @@
 /**
- * Pre-shared keys: `PSKsecrets` (a file of IDENTITY:KEY lines, read with the configuration) and
+ * Pre-shared keys: `PSKsecrets` (a file of IDENTITY:KEY lines, read with the configuration by
+ * lib/config/psk_secrets.ts) and
  * `PSKidentity` (the identity a client presents; the first one of the file by default).
  *
  * As in stunnel, OpenSSL's PSK callbacks serve TLS 1.2 (the PSK cipher suites) and TLS 1.3 (an
  * external PSK with TLS_AES_128_GCM_SHA256, combined with an (EC)DHE key exchange). A server
  * with PSK secrets needs no certificate.
  *
- * The callbacks are one per thread and never closed (an SSL object can outlive its TlsContext
+ * The callbacks are one per thread and never closed (an SSL object can outlive its ContextHandle
  * across a reload); they find the connection, and through it the keys, by the SSL object.
  */
-import { osError } from "../sys/oserror.ts";
-import { lib, PSK_MAX_IDENTITY_LEN, PSK_MAX_PSK_LEN, type Ptr, readCString } from "../sys/ffi.ts";
-import { opensslHex, OptionError } from "../config/options.ts";
-import { connectionOf, type TlsContext, type TlsContextLog, TlsError } from "./context.ts";
-import type { PskSecrets } from "../config/types.ts";
-
-const FAILED = "Failed to read PSK secrets";
-/** Shorter keys are unlikely to have enough entropy (stunnel's rule). */
-const MIN_KEY_LENGTH = 16;
-
-/**
- * Reads a PSKsecrets file as stunnel's psk_read does: one IDENTITY:KEY per line, empty lines
- * skipped, CR ignored; a KEY that is hexadecimal (colons allowed between bytes) is converted to
- * binary, anything else is taken as it is. Throws an OptionError with stunnel's lines.
- */
-export function readPskSecrets(path: string): PskSecrets {
-  const notes: PskSecrets["notes"] = [];
-  let mode: number | null;
-  try {
-    mode = Deno.statSync(path).mode;
-  } catch (e) {
-    const { text, errno } = osError(e);
-    throw new OptionError(FAILED, [`${path}: ${text} (${errno})`]);
-  }
-  // Only a warning in stunnel too: the file should be neither world-readable nor -writable.
-  if (mode !== null && (mode & 0o7) !== 0) {
-    notes.push({ level: 4, text: `Insecure file permissions on ${path}` });
-  }
-  let bytes: Uint8Array;
-  try {
-    bytes = Deno.readFileSync(path);
-  } catch {
-    throw new OptionError(FAILED, ["Cannot open PSKsecrets file"]);
-  }
-  const keys: PskSecrets["keys"] = [];
-  const decoder = new TextDecoder();
-  splitLines(bytes).forEach((line, index) => {
-    const at = `PSKsecrets line ${index + 1}`;
-    if (line.length === 0) return;
-    const colon = line.indexOf(0x3a);
-    if (colon < 0) throw new OptionError(FAILED, [`${at}: Not in identity:key format`]);
-    const identityBytes = line.subarray(0, colon);
-    if (identityBytes.length + 1 > PSK_MAX_IDENTITY_LEN) {
-      throw new OptionError(FAILED, [
-        `${at}: Identity longer than ${PSK_MAX_IDENTITY_LEN} characters`,
-      ]);
-    }
-    const identity = decoder.decode(identityBytes);
-    const keyText = line.subarray(colon + 1);
-    const hex = opensslHex(decoder.decode(keyText));
-    const key = hex ?? new Uint8Array(keyText);
-    notes.push({
-      level: 6,
-      text: `${at}: ${key.length}-byte ${hex ? "hexadecimal" : "ASCII"} key configured for ` +
-        `identity "${identity}"`,
-    });
-    if (key.length > PSK_MAX_PSK_LEN) {
-      throw new OptionError(FAILED, [`${at}: Key longer than ${PSK_MAX_PSK_LEN} bytes`]);
-    }
-    if (key.length < MIN_KEY_LENGTH) {
-      throw new OptionError(FAILED, [`${at}: Key shorter than ${MIN_KEY_LENGTH} bytes`]);
-    }
-    keys.push({ identity, key });
-  });
-  if (keys.length === 0) throw new OptionError(FAILED, []);
-  return { path, keys, notes };
-}
-
-/** stunnel's file_getline: lines end at LF, every CR is dropped, a last unterminated line counts. */
-function splitLines(bytes: Uint8Array): Uint8Array[] {
-  const lines: Uint8Array[] = [];
-  let start = 0;
-  for (let i = 0; i <= bytes.length; i++) {
-    if (i < bytes.length && bytes[i] !== 0x0a) continue;
-    if (i < bytes.length || i > start) {
-      lines.push(bytes.subarray(start, i).filter((b) => b !== 0x0d));
-    }
-    start = i + 1;
-  }
-  return lines;
-}
+import { lib, type Ptr, readCString } from "../sys/ffi.ts";
+import { connectionOf, type ContextHandle, type TlsContextLog, TlsError } from "./core.ts";
 
 /** What the callbacks of one context need. */
 interface PskTable {
@@ -98,10 +20,10 @@ interface PskTable {
   selected?: { identity: Uint8Array<ArrayBuffer>; text: string; key: Uint8Array<ArrayBuffer> };
 }
 
-const tables = new WeakMap<TlsContext, PskTable>();
+const tables = new WeakMap<ContextHandle, PskTable>();
 
 /** Installs the client or server PSK callback of a service with `PSKsecrets`. */
-export function configurePsk(context: TlsContext, log: TlsContextLog): void {
+export function configurePsk(context: ContextHandle, log: TlsContextLog): void {
   const { ssl } = lib();
   const { ctx, opts } = context;
   const secrets = opts.PSKsecrets;

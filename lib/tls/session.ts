@@ -7,7 +7,7 @@
  * secrets (AES-CBC with the key secret, HMAC-SHA256 with the MAC secret), so that tickets
  * survive a restart and are accepted by every instance, ours or stunnel's, sharing the secrets.
  *
- * The callbacks are one per thread and never closed: an SSL object can outlive the TlsContext
+ * The callbacks are one per thread and never closed: an SSL object can outlive the ContextHandle
  * it was made from (a reload frees contexts while connections still use them). They find their
  * connection, and through it the context, by the SSL object.
  */
@@ -25,10 +25,17 @@ import {
   SSL_SESS_CACHE_SERVER,
   TLS1_3_VERSION,
 } from "../sys/ffi.ts";
-import { check, connectionOf, type TlsContext, type TlsContextLog } from "./context.ts";
+import {
+  check,
+  connectionOf,
+  type ContextHandle,
+  decodeSession,
+  encodeSession,
+  type TlsContextLog,
+} from "./core.ts";
 import { configureSessiond } from "./sessiond.ts";
 
-export function configureSessions(context: TlsContext, log: TlsContextLog): void {
+export function configureSessions(context: ContextHandle, log: TlsContextLog): void {
   const { ssl } = lib();
   const { ctx, opts } = context;
   if (!opts.client) {
@@ -81,7 +88,7 @@ export function configureSessions(context: TlsContext, log: TlsContextLog): void
  * Per-process ticket keys (80 bytes: name, HMAC key, AES key) shared by the contexts of all
  * threads; a service with ticket secrets uses the key callback instead.
  */
-export function setTicketKeys(context: TlsContext, keys: Uint8Array): void {
+export function setTicketKeys(context: ContextHandle, keys: Uint8Array): void {
   if (ticketSecrets(context)) return;
   const copy = new Uint8Array(keys);
   check(
@@ -174,34 +181,6 @@ function sessionChannel(): BroadcastChannel {
   return channel;
 }
 
-/** `*pp` for i2d/d2i: the address of `buf`, which OpenSSL reads or writes through. */
-function pointerTo(buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
-  const address = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
-  return new Uint8Array(new BigUint64Array([address]).buffer);
-}
-
-export function encodeSession(session: Ptr): Uint8Array<ArrayBuffer> | undefined {
-  const { ssl } = lib();
-  const length = ssl.i2d_SSL_SESSION(session, null);
-  if (length <= 0) {
-    drainErrors();
-    return undefined;
-  }
-  const der = new Uint8Array(length);
-  if (ssl.i2d_SSL_SESSION(session, pointerTo(der)) !== length) {
-    drainErrors();
-    return undefined;
-  }
-  return der;
-}
-
-export function decodeSession(der: Uint8Array): Ptr {
-  const copy = new Uint8Array(der);
-  const session = lib().ssl.d2i_SSL_SESSION(null, pointerTo(copy), BigInt(copy.length));
-  if (session === null) drainErrors();
-  return session;
-}
-
 /** The ticket secrets of a server-mode service and the key name derived from them. */
 interface TicketSecrets {
   key: Uint8Array<ArrayBuffer>;
@@ -210,9 +189,9 @@ interface TicketSecrets {
   name: Uint8Array<ArrayBuffer>;
 }
 
-const secretsOf = new WeakMap<TlsContext, TicketSecrets | null>();
+const secretsOf = new WeakMap<ContextHandle, TicketSecrets | null>();
 
-function ticketSecrets(context: TlsContext): TicketSecrets | undefined {
+function ticketSecrets(context: ContextHandle): TicketSecrets | undefined {
   let found = secretsOf.get(context);
   if (found === undefined) {
     const { client, ticketKeySecret: key, ticketMacSecret: mac } = context.opts;

@@ -17,8 +17,13 @@
  * them for its cached sessions); they find the service's cache by the SSL_CTX.
  */
 import { errnoText, lib, type Ptr } from "../sys/ffi.ts";
-import { decodeSession, encodeSession } from "./session.ts";
-import { connectionOf, type TlsContext, type TlsContextLog } from "./context.ts";
+import {
+  connectionOf,
+  type ContextHandle,
+  decodeSession,
+  encodeSession,
+  type TlsContextLog,
+} from "./core.ts";
 import type { Address } from "../config/types.ts";
 
 const CMD_NEW = 0;
@@ -52,7 +57,7 @@ function keyOf(ctx: Ptr): bigint {
 }
 
 /** Installs the external cache on a server-mode context (session.ts calls it). */
-export function configureSessiond(context: TlsContext, address: Address, log: TlsContextLog) {
+export function configureSessiond(context: ContextHandle, address: Address, log: TlsContextLog) {
   if (address.kind !== "tcp") throw new Error("sessiond: a HOST:PORT address is needed");
   caches.set(keyOf(context.ctx), { address: socketAddress(address.host, address.port), log });
   const { ssl } = lib();

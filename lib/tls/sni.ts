@@ -23,8 +23,8 @@ import {
   X509_VP_FLAG_RESET_FLAGS,
 } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
-import type { Service } from "../proxy/service.ts";
-import { check, type TlsConnection, type TlsContext, TlsError } from "./context.ts";
+import type { ServiceOptions } from "../config/types.ts";
+import { check, type ContextHandle, type TlsConnection, TlsError } from "./core.ts";
 
 const encoder = new TextEncoder();
 
@@ -49,21 +49,28 @@ export function matchesPattern(servername: string, pattern: string): boolean {
   return name.length === want.length && name.every((b, i) => b === want[i]);
 }
 
+/** What SNI routing sees of a service. */
+export interface VirtualService {
+  readonly name: string;
+  readonly opts: Pick<ServiceOptions, "client" | "sniVirtual" | "accept">;
+  readonly tls: ContextHandle;
+}
+
 /** A secondary service and the pattern that selects it. */
 interface Route {
   pattern: string;
-  service: Service;
+  service: VirtualService;
 }
 
 /** The secondary services of each primary service of this thread, in configuration order. */
-const routes = new WeakMap<Service, Route[]>();
+const routes = new WeakMap<VirtualService, Route[]>();
 
 /**
  * Links every secondary service to its primary one. Called each time a thread builds its
  * services (start and reload); the configuration has already checked that every MASTER names
  * a server-mode section at or before the secondary one.
  */
-export function linkVirtualServices(services: readonly Service[]): void {
+export function linkVirtualServices(services: readonly VirtualService[]): void {
   services.forEach((service, index) => {
     const virtual = service.opts.sniVirtual;
     if (!virtual || service.opts.client) return;
@@ -76,17 +83,17 @@ export function linkVirtualServices(services: readonly Service[]): void {
 }
 
 /** A secondary service with no `accept` of its own is reached only through its primary one. */
-export function isSecondaryOnly(service: Service): boolean {
+export function isSecondaryOnly(service: VirtualService): boolean {
   return !service.opts.client && service.opts.sniVirtual !== undefined && !service.opts.accept;
 }
 
 /** The connection side of a server-mode handshake. */
 export interface SniPeer {
   /** The service the connection belongs to now. */
-  readonly service: Service;
+  readonly service: VirtualService;
   readonly log: Logger;
   /** Called when the client's server name selected a secondary service. */
-  switchService(to: Service): void;
+  switchService(to: VirtualService): void;
 }
 
 /** Connections of this thread in a server-mode handshake, by the address of their SSL. */
@@ -97,9 +104,9 @@ function addressOf(p: Ptr): bigint {
 }
 
 /** Every secondary service `service` can switch to, directly or through another secondary. */
-function reachable(service: Service): Service[] {
-  const found: Service[] = [];
-  const walk = (s: Service) => {
+function reachable(service: VirtualService): VirtualService[] {
+  const found: VirtualService[] = [];
+  const walk = (s: VirtualService) => {
     for (const { service: next } of routes.get(s) ?? []) {
       if (found.includes(next)) continue;
       found.push(next);
@@ -133,13 +140,13 @@ const CALLBACK = { parameters: ["pointer", "pointer", "pointer"], result: "i32" 
 
 /**
  * The servername callback of this thread. It is never closed: an SSL object can outlive the
- * TlsContext it was made from (a reload frees contexts while connections still use them), and a
+ * ContextHandle it was made from (a reload frees contexts while connections still use them), and a
  * second ClientHello or a renegotiation calls the callback again.
  */
 let callback: Deno.UnsafeCallback<typeof CALLBACK> | undefined;
 
-/** Called by TlsContext for every server-mode context, as stunnel does. */
-export function installServernameCallback(context: TlsContext): void {
+/** Called by ContextHandle for every server-mode context, as stunnel does. */
+export function installServernameCallback(context: ContextHandle): void {
   callback ??= new Deno.UnsafeCallback(CALLBACK, (ssl) => onServername(ssl));
   lib().ssl.SSL_CTX_callback_ctrl(context.ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, callback.pointer);
 }
@@ -190,7 +197,7 @@ function onServername(ssl: Ptr): number {
  * not what SSL_new copied into the SSL: the verify mode and callback, and the verification
  * parameters (depth, flags, purpose). Those are set again from the new context.
  */
-function switchContext(ssl: Ptr, context: TlsContext): void {
+function switchContext(ssl: Ptr, context: ContextHandle): void {
   const { ssl: s, crypto } = lib();
   const ctx = context.ctx;
   check(s.SSL_set_SSL_CTX(ssl, ctx) !== null, "SSL_set_SSL_CTX");

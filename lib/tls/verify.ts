@@ -6,7 +6,7 @@
  *
  * OpenSSL calls the verify callback synchronously inside SSL_do_handshake. One callback per
  * thread serves every context of that thread and is never closed: an SSL object can outlive its
- * TlsContext (a reload frees contexts while connections still use them) and a renegotiation
+ * ContextHandle (a reload frees contexts while connections still use them) and a renegotiation
  * verifies again. The callback finds the options by the SSL object's SSL_CTX (after an SNI
  * switch, the secondary service's), and the connection (for its log) by the SSL object.
  *
@@ -27,11 +27,11 @@ import {
 } from "../sys/ffi.ts";
 import {
   connectionOf,
+  type ContextHandle,
   type TlsConnection,
-  type TlsContext,
   type TlsContextLog,
   TlsError,
-} from "./context.ts";
+} from "./core.ts";
 import { loadEngineCAs } from "./engine.ts";
 import type { ServiceOptions } from "../config/types.ts";
 
@@ -88,7 +88,7 @@ const contexts = new Map<bigint, { opts: VerifyOptions; log: TlsContextLog }>();
 // ------------------------------------------------------------------------- initialization
 
 /** stunnel's verify_init: trust anchors, CRLs, verify mode and callback, warnings. */
-export function configureVerification(context: TlsContext, log: TlsContextLog): void {
+export function configureVerification(context: ContextHandle, log: TlsContextLog): void {
   const opts: VerifyOptions = context.opts;
   initTrustAnchors(context, opts, log);
   initCrls(context, opts, log);
@@ -107,7 +107,7 @@ export function configureVerification(context: TlsContext, log: TlsContextLog): 
 }
 
 /** CAfile/CApath: the trust store, and the names of the CAs (sent to clients by a server). */
-function initTrustAnchors(context: TlsContext, opts: VerifyOptions, log: TlsContextLog): void {
+function initTrustAnchors(context: ContextHandle, opts: VerifyOptions, log: TlsContextLog): void {
   const { ssl, crypto } = lib();
   if (opts.CAfile || opts.CApath) {
     // As stunnel: a file or directory that does not load shows as "No trusted certificates".
@@ -150,7 +150,7 @@ function freeNames(names: Ptr): void {
 }
 
 /** CRLfile/CRLpath: lookups in the trust store; the peer certificate is then checked. */
-function initCrls(context: TlsContext, opts: VerifyOptions, log: TlsContextLog): void {
+function initCrls(context: ContextHandle, opts: VerifyOptions, log: TlsContextLog): void {
   if (!opts.CRLfile && !opts.CRLpath) return;
   const { ssl, crypto } = lib();
   const store = ssl.SSL_CTX_get_cert_store(context.ctx);
