@@ -1,6 +1,7 @@
 /**
  * `protocol =` negotiations: the interface every protocol module implements, the channel they
- * talk through, and the registry the configuration and the connection consult.
+ * talk through, and the registry the connection consults (which protocols and modes exist, and
+ * their options, is lib/config/protocols.ts).
  *
  * stunnel runs a protocol at three moments of a connection (its PROTOCOL_EARLY, _MIDDLE and
  * _LATE phases):

@@ -1,6 +1,6 @@
 /**
  * THE option table: every stunnel.conf option, its scope, value shape, default, help text,
- * parser and implementation status. The parser (config.ts), `-help`/`-version` output and
+ * parser and implementation status. The parser (parser.ts), `-help`/`-version` output and
  * docs/options.md are all derived from it.
  */
 
