@@ -25,7 +25,10 @@ export interface Runtime {
   reusePort: boolean;
   /** The next sequential connection id, shared by all threads (a SharedArrayBuffer). */
   ids: Int32Array;
-  /** Session ticket keys of every server-mode service, so that any thread resumes a session. */
+  /**
+   * The secret each server-mode service derives its ticket keys from, with its settings
+   * (session.ts): the same in every thread, so that any thread resumes a session.
+   */
   ticketKeys: Uint8Array;
   /** Round-robin positions of the services (`failover = rr` across threads). */
   roundRobin: Int32Array;

@@ -74,6 +74,9 @@ const sslSymbols = {
   SSL_get0_param: { parameters: ["pointer"], result: "pointer" },
   SSL_CTX_get0_param: { parameters: ["pointer"], result: "pointer" },
   SSL_CTX_up_ref: { parameters: ["pointer"], result: "i32" },
+  SSL_CTX_set_client_hello_cb: { parameters: ["pointer", "function", "pointer"], result: "void" },
+  SSL_client_hello_get0_ext: { parameters: ["pointer", "u32", "buffer", "buffer"], result: "i32" },
+  SSL_set_session_id_context: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // session.ts
   SSL_CTX_set_timeout: { parameters: ["pointer", "i64"], result: "i64" },
   SSL_CTX_set_num_tickets: { parameters: ["pointer", "usize"], result: "i32" },
@@ -470,6 +473,9 @@ export const SSL_CTRL_SET_TLSEXT_SERVERNAME_CB = 53;
 export const SSL_TLSEXT_ERR_OK = 0;
 export const SSL_TLSEXT_ERR_ALERT_FATAL = 2;
 export const SSL_TLSEXT_ERR_NOACK = 3;
+export const SSL_CLIENT_HELLO_SUCCESS = 1;
+export const SSL_CLIENT_HELLO_ERROR = 0;
+export const TLSEXT_TYPE_server_name = 0;
 export const X509_VP_FLAG_OVERWRITE = 0x2;
 export const X509_VP_FLAG_RESET_FLAGS = 0x4;
 // session.ts

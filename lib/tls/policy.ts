@@ -146,7 +146,7 @@ const renegotiation = new WeakMap<TlsConnection, "established" | "detected">();
 
 const INFO = { parameters: ["pointer", "i32", "i32"], result: "void" } as const;
 
-/** One per thread, never closed: an SSL object can outlive its ContextHandle across a reload. */
+/** One per thread, never closed: an SSL object can outlive its context across a reload. */
 let infoCallback: Deno.UnsafeCallback<typeof INFO> | undefined;
 
 /**

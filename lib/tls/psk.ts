@@ -7,7 +7,7 @@
  * external PSK with TLS_AES_128_GCM_SHA256, combined with an (EC)DHE key exchange). A server
  * with PSK secrets needs no certificate.
  *
- * The callbacks are one per thread and never closed (an SSL object can outlive its ContextHandle
+ * The callbacks are one per thread and never closed (an SSL object can outlive its context
  * across a reload); they find the connection, and through it the keys, by the SSL object.
  */
 import { lib, type Ptr, readCString } from "../sys/ffi.ts";

@@ -2,16 +2,25 @@
  * Session resumption: the server-side cache and tickets, and the session a client-mode service
  * offers again to the same server.
  *
- * Tickets are protected with per-process random keys shared by the threads of a service, or,
- * with `ticketKeySecret` and `ticketMacSecret`, by stunnel's ticket key callback over those two
- * secrets (AES-CBC with the key secret, HMAC-SHA256 with the MAC secret), so that tickets
- * survive a restart and are accepted by every instance, ours or stunnel's, sharing the secrets.
+ * Tickets are protected with keys derived from a per-process random secret (shared by the
+ * threads) and the digest of the service's settings, or, with `ticketKeySecret` and
+ * `ticketMacSecret`, by stunnel's ticket key callback over those two secrets (AES-CBC with the
+ * key secret, HMAC-SHA256 with the MAC secret), so that tickets survive a restart and are
+ * accepted by every instance, ours or stunnel's, sharing the secrets.
  *
- * The callbacks are one per thread and never closed: an SSL object can outlive the ContextHandle
+ * A resumed session skips the client's authentication: it must never be resumed where a full
+ * handshake would now check more or otherwise. A reload that changes a service's settings (its
+ * options or the contents of its CA and CRL files) changes its ticket keys, and, for a service
+ * that authenticates its clients (certificates, PSK), its session ID context, which OpenSSL
+ * compares with the one in every session it resumes: a ticket (whatever its keys), a session
+ * ID of the cache or one from sessiond. A service that authenticates nobody keeps stunnel's
+ * context, its name, so that its sessions are still shared with stunnel instances.
+ *
+ * The callbacks are one per thread and never closed: an SSL object can outlive the context
  * it was made from (a reload frees contexts while connections still use them). They find their
  * connection, and through it the context, by the SSL object.
  */
-import { createHash } from "node:crypto";
+import { createHash, type Hash, hkdfSync } from "node:crypto";
 import {
   drainErrors,
   lib,
@@ -29,6 +38,7 @@ import {
   check,
   connectionOf,
   type ContextHandle,
+  type ContextOptions,
   decodeSession,
   encodeSession,
   type TlsContextLog,
@@ -39,8 +49,8 @@ export function configureSessions(context: ContextHandle, log: TlsContextLog): v
   const { ssl } = lib();
   const { ctx, opts } = context;
   if (!opts.client) {
-    // Sessions are only resumed by the service that created them (stunnel: its name).
-    const sid = new TextEncoder().encode(opts.name || "stunnel").subarray(0, 32);
+    // Sessions are only resumed by the service, and the settings, that created them.
+    const sid = sessionIdContext(context);
     check(
       ssl.SSL_CTX_set_session_id_context(ctx, sid, sid.length) === 1,
       "SSL_CTX_set_session_id_context",
@@ -85,17 +95,162 @@ export function configureSessions(context: ContextHandle, log: TlsContextLog): v
 }
 
 /**
- * Per-process ticket keys (80 bytes: name, HMAC key, AES key) shared by the contexts of all
- * threads; a service with ticket secrets uses the key callback instead.
+ * Ticket keys (80 bytes: name, HMAC key, AES key) derived from the per-process secret `keys`
+ * and the digest of the service's settings: the same in the contexts of every thread and after
+ * a reload that leaves the service as it was; new ones when its settings change, which no
+ * ticket issued before then decrypts. A service with ticket secrets uses the key callback
+ * instead.
  */
 export function setTicketKeys(context: ContextHandle, keys: Uint8Array): void {
   if (ticketSecrets(context)) return;
-  const copy = new Uint8Array(keys);
+  const info = new Uint8Array([
+    ...new TextEncoder().encode("ticket keys\0"),
+    ...settingsDigest(context),
+  ]);
+  const copy = new Uint8Array(hkdfSync("sha256", keys, new Uint8Array(0), info, 80));
   check(
     Number(lib().ssl.SSL_CTX_ctrl_str(context.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, copy)) ===
       1,
     "SSL_CTX_set_tlsext_ticket_keys",
   );
+}
+
+/**
+ * Every option that builds a context goes into the digest of a service's settings; the type
+ * check below fails when core.ts's ContextOptions gains one that is not listed here.
+ */
+const SETTINGS = [
+  "name",
+  "client",
+  "cert",
+  "key",
+  "ciphers",
+  "ciphersuites",
+  "curves",
+  "options",
+  "securityLevel",
+  "sslVersionMin",
+  "sslVersionMax",
+  "sessionResume",
+  "sessionCacheSize",
+  "sessionCacheTimeout",
+  "sni",
+  "CAfile",
+  "CApath",
+  "verifyChain",
+  "checkHost",
+  "checkIP",
+  "checkEmail",
+  "requestCert",
+  "requireCert",
+  "verifyPeer",
+  "CRLfile",
+  "CRLpath",
+  "redirect",
+  "ticketKeySecret",
+  "ticketMacSecret",
+  "PSKsecrets",
+  "PSKidentity",
+  "config",
+  "renegotiation",
+  "OCSP",
+  "OCSPaia",
+  "OCSPflag",
+  "OCSPnonce",
+  "verify",
+  "TIMEOUTbusy",
+  "TIMEOUTconnect",
+  "engine",
+  "sessiond",
+  "CAengine",
+] as const satisfies readonly (keyof ContextOptions)[];
+type Unlisted = Exclude<keyof ContextOptions, typeof SETTINGS[number]>;
+// A type error here names an option of ContextOptions that SETTINGS lacks.
+const _everySetting: [Unlisted] extends [never] ? true : Unlisted = true;
+
+const digests = new WeakMap<ContextHandle, Uint8Array>();
+
+/**
+ * SHA-256 over the service's settings: its options, and the contents of the files and
+ * directories of trusted CAs and CRLs that they name (a reload reads them again: a CA file
+ * replaced, or a CRL that revokes a client, is a change too).
+ */
+function settingsDigest(context: ContextHandle): Uint8Array {
+  let digest = digests.get(context);
+  if (digest) return digest;
+  const { opts } = context;
+  const hash = createHash("sha256");
+  const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  hash.update(JSON.stringify(
+    SETTINGS.map((name) => [name, opts[name] ?? null]),
+    (_, value) => value instanceof Uint8Array ? hex(value) : value,
+  ));
+  hashFile(hash, "CAfile", opts.CAfile);
+  hashDirectory(hash, "CApath", opts.CApath);
+  hashFile(hash, "CRLfile", opts.CRLfile);
+  hashDirectory(hash, "CRLpath", opts.CRLpath);
+  digest = new Uint8Array(hash.digest());
+  digests.set(context, digest);
+  return digest;
+}
+
+/** A labelled part of a digest, its length first (no two sequences of parts hash alike). */
+function hashPart(hash: Hash, label: string, bytes: Uint8Array | string): void {
+  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
+  hash.update(`\0${label}\0${data.length}\0`).update(data);
+}
+
+function hashFile(hash: Hash, label: string, path: string | undefined): void {
+  if (!path) return;
+  try {
+    hashPart(hash, label, Deno.readFileSync(path));
+  } catch (e) {
+    // OpenSSL reads it too and says why it cannot: the context is not made.
+    hashPart(hash, `${label} unreadable`, (e as Error).name);
+  }
+}
+
+function hashDirectory(hash: Hash, label: string, path: string | undefined): void {
+  if (!path) return;
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(path)].filter((e) => !e.isDirectory).map((e) => e.name);
+  } catch (e) {
+    hashPart(hash, `${label} unreadable`, (e as Error).name);
+    return;
+  }
+  for (const name of names.sort()) {
+    hashPart(hash, `${label} entry`, name);
+    hashFile(hash, `${label} file`, `${path}/${name}`);
+  }
+}
+
+/** The client is authenticated (a certificate, a pre-shared key) or `config` may ask for it. */
+function authenticatesClients(opts: ContextOptions): boolean {
+  return opts.requestCert || opts.requireCert || opts.verifyChain || opts.verifyPeer ||
+    opts.PSKsecrets !== undefined || opts.config.length > 0;
+}
+
+const sidContexts = new WeakMap<ContextHandle, Uint8Array<ArrayBuffer>>();
+
+/**
+ * The session ID context of a server-mode service, which every session it creates carries and
+ * OpenSSL compares before resuming one: stunnel's, the service's name (at most 32 bytes), for
+ * a service that authenticates nobody; the digest of its name and settings for one that does.
+ * sni.ts sets it on a connection before OpenSSL looks for a session, for the service the
+ * client's server name selects.
+ */
+export function sessionIdContext(context: ContextHandle): Uint8Array<ArrayBuffer> {
+  let sid = sidContexts.get(context);
+  if (sid) return sid;
+  const { opts } = context;
+  sid = authenticatesClients(opts)
+    ? new Uint8Array(
+      createHash("sha256").update("session id context\0").update(settingsDigest(context)).digest(),
+    )
+    : new Uint8Array(new TextEncoder().encode(opts.name || "stunnel").subarray(0, 32));
+  sidContexts.set(context, sid);
+  return sid;
 }
 
 /**

@@ -8,22 +8,33 @@
  * OpenSSL asks for the decision in the servername callback, synchronously inside
  * SSL_do_handshake. One callback per thread serves every server-mode context of that thread; it
  * finds the connection by its SSL object.
+ *
+ * That callback comes after OpenSSL has decided to resume a session (a TLS 1.3 ticket above
+ * all), which it does only for a session of the connection's session ID context: that of the
+ * primary service, had nothing come before. So the client hello callback, before that decision,
+ * reads the server name the client sent and sets the session ID context of the service it
+ * selects: a session of the primary service is not resumed into a secondary one (which may
+ * verify its clients, when the primary does not), nor the other way round.
  */
 import {
   drainErrors,
   lib,
   type Ptr,
   readCString,
+  SSL_CLIENT_HELLO_ERROR,
+  SSL_CLIENT_HELLO_SUCCESS,
   SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
   SSL_TLSEXT_ERR_ALERT_FATAL,
   SSL_TLSEXT_ERR_NOACK,
   SSL_TLSEXT_ERR_OK,
   TLSEXT_NAMETYPE_host_name,
+  TLSEXT_TYPE_server_name,
   X509_VP_FLAG_OVERWRITE,
   X509_VP_FLAG_RESET_FLAGS,
 } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
 import type { ServiceOptions } from "../config/types.ts";
+import { sessionIdContext } from "./session.ts";
 import { check, type ContextHandle, type TlsConnection, TlsError } from "./core.ts";
 
 const encoder = new TextEncoder();
@@ -131,24 +142,97 @@ export function attachSni(conn: TlsConnection, peer: SniPeer): () => void {
   for (const ctx of held) ssl.SSL_CTX_up_ref(ctx);
   peers.set(key, peer);
   return () => {
-    if (peers.get(key) === peer) peers.delete(key);
+    if (peers.get(key) === peer) {
+      peers.delete(key);
+      expected.delete(key);
+    }
     for (const ctx of held.splice(0)) ssl.SSL_CTX_free(ctx);
   };
 }
 
+/**
+ * The service the client hello callback chose for each connection, whose session ID context a
+ * resumed session matched.
+ */
+const expected = new Map<bigint, VirtualService>();
+
 const CALLBACK = { parameters: ["pointer", "pointer", "pointer"], result: "i32" } as const;
 
 /**
- * The servername callback of this thread. It is never closed: an SSL object can outlive the
- * ContextHandle it was made from (a reload frees contexts while connections still use them), and a
- * second ClientHello or a renegotiation calls the callback again.
+ * The servername and client hello callbacks of this thread. They are never closed: an SSL
+ * object can outlive the context it was made from (a reload frees contexts while connections
+ * still use them), and a second ClientHello or a renegotiation calls them again.
  */
 let callback: Deno.UnsafeCallback<typeof CALLBACK> | undefined;
+let helloCallback: Deno.UnsafeCallback<typeof CALLBACK> | undefined;
 
-/** Called by ContextHandle for every server-mode context, as stunnel does. */
+/** Called by TlsContext for every server-mode context, as stunnel does. */
 export function installServernameCallback(context: ContextHandle): void {
   callback ??= new Deno.UnsafeCallback(CALLBACK, (ssl) => onServername(ssl));
-  lib().ssl.SSL_CTX_callback_ctrl(context.ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, callback.pointer);
+  helloCallback ??= new Deno.UnsafeCallback(CALLBACK, (ssl) => onClientHello(ssl));
+  const { ssl } = lib();
+  ssl.SSL_CTX_callback_ctrl(context.ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, callback.pointer);
+  ssl.SSL_CTX_set_client_hello_cb(context.ctx, helloCallback.pointer, null);
+}
+
+/** The secondary service of `service` that `servername` selects, if any. */
+function routeFor(service: VirtualService, servername: string): Route | undefined {
+  return routes.get(service)?.find((r) => matchesPattern(servername, r.pattern));
+}
+
+/**
+ * The host name of the server_name extension of the ClientHello being processed (OpenSSL's
+ * rule: the first name of the list, of type host_name), or undefined.
+ */
+function helloServername(ssl: Ptr): string | undefined {
+  const out = new BigUint64Array(1);
+  const length = new BigUint64Array(1);
+  const found = lib().ssl.SSL_client_hello_get0_ext(
+    ssl,
+    TLSEXT_TYPE_server_name,
+    new Uint8Array(out.buffer),
+    new Uint8Array(length.buffer),
+  );
+  const p = Deno.UnsafePointer.create(out[0]);
+  if (found !== 1 || p === null || length[0] < 5n) return undefined;
+  const ext = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, Number(length[0])));
+  // ServerNameList: its length (2 bytes), then name type (1), name length (2), name.
+  const nameLength = (ext[3] << 8) | ext[4];
+  if (ext[2] !== TLSEXT_NAMETYPE_host_name || 5 + nameLength > ext.length) return undefined;
+  return new TextDecoder().decode(ext.subarray(5, 5 + nameLength));
+}
+
+/**
+ * Before OpenSSL looks for a session to resume: the session ID context of the service the
+ * client's server name selects (what the servername callback will switch to), so that only a
+ * session of that service, under its current settings, is resumed.
+ */
+function onClientHello(ssl: Ptr): number {
+  const key = addressOf(ssl);
+  const peer = peers.get(key);
+  try {
+    // No secondary services: the connection keeps its context's session ID context.
+    if (!peer || !routes.get(peer.service)?.length) return SSL_CLIENT_HELLO_SUCCESS;
+    const servername = helloServername(ssl);
+    const service = (servername !== undefined && routeFor(peer.service, servername)?.service) ||
+      peer.service;
+    const sid = sessionIdContext(service.tls);
+    check(
+      lib().ssl.SSL_set_session_id_context(ssl, sid, sid.length) === 1,
+      "SSL_set_session_id_context",
+    );
+    expected.set(key, service);
+    return SSL_CLIENT_HELLO_SUCCESS;
+  } catch (e) {
+    try {
+      const lines = e instanceof TlsError ? e.logLines() : [String(e)];
+      for (const line of lines) peer?.log(3, line);
+      drainErrors();
+    } catch {
+      // nothing more to be done from inside OpenSSL
+    }
+    return SSL_CLIENT_HELLO_ERROR;
+  }
 }
 
 /** stunnel's servername_cb: its decisions, its return values and its log lines. */
@@ -160,21 +244,28 @@ function onServername(ssl: Ptr): number {
     const list = routes.get(peer.service) ?? [];
     if (list.length === 0) {
       peer.log(7, "SNI: no virtual services defined");
-      return SSL_TLSEXT_ERR_OK;
+      return resumedElsewhere(ssl, peer, peer.service)
+        ? SSL_TLSEXT_ERR_ALERT_FATAL
+        : SSL_TLSEXT_ERR_OK;
     }
     const name = lib().ssl.SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (name === null) {
       peer.log(5, "SNI: no servername received");
-      return SSL_TLSEXT_ERR_NOACK;
+      return resumedElsewhere(ssl, peer, peer.service)
+        ? SSL_TLSEXT_ERR_ALERT_FATAL
+        : SSL_TLSEXT_ERR_NOACK;
     }
     const servername = readCString(name);
     peer.log(6, `SNI: requested servername: ${servername}`);
     const route = list.find((r) => matchesPattern(servername, r.pattern));
     if (!route) {
       peer.log(3, `SNI: no pattern matched servername: ${servername}`);
-      return SSL_TLSEXT_ERR_OK;
+      return resumedElsewhere(ssl, peer, peer.service)
+        ? SSL_TLSEXT_ERR_ALERT_FATAL
+        : SSL_TLSEXT_ERR_OK;
     }
     peer.log(7, `SNI: matched pattern: ${route.pattern}`);
+    if (resumedElsewhere(ssl, peer, route.service)) return SSL_TLSEXT_ERR_ALERT_FATAL;
     switchContext(ssl, route.service.tls);
     peer.switchService(route.service);
     peer.log(5, `SNI: switched to service [${route.service.name}]`);
@@ -190,6 +281,18 @@ function onServername(ssl: Ptr): number {
     }
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   }
+}
+
+/**
+ * A resumed session belongs to the service whose session ID context it matched: the one the
+ * client hello callback chose. Should the server name lead elsewhere (in TLS 1.2 OpenSSL gives
+ * the name of the session's first handshake), the session would skip that service's checks.
+ */
+function resumedElsewhere(ssl: Ptr, peer: SniPeer, service: VirtualService): boolean {
+  const chosen = expected.get(addressOf(ssl));
+  if (!chosen || chosen === service || lib().ssl.SSL_session_reused(ssl) !== 1) return false;
+  peer.log(3, `SNI: session of service [${chosen.name}] not resumed by service [${service.name}]`);
+  return true;
 }
 
 /**
