@@ -37,9 +37,9 @@ interface TimedOut {
 }
 
 export class Connection {
-  /** ms since epoch of the last byte moved in either direction. */
+  /** ms since epoch of the last byte moved in either direction, or of the start of a busy wait. */
   lastActivity = Date.now();
-  /** Both read sides still open (else the close timeout applies). */
+  /** Both read sides still open (else, once nothing is buffered, the close timeout applies). */
   bothOpen = true;
   /**
    * Chunks read from one side and not yet written to the other: as in stunnel, buffered data

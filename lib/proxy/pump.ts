@@ -269,7 +269,7 @@ export class TlsStream implements Stream {
 
 /** Told of each chunk when it was read (it is then buffered) and when it crossed. */
 export interface Progress {
-  read(bytes: number): void;
+  read(): void;
   crossed(bytes: number): void;
 }
 
@@ -278,7 +278,7 @@ export async function pipe(from: Stream, to: Stream, progress: Progress): Promis
   for (;;) {
     const chunk = await from.read();
     if (chunk === null) break;
-    progress.read(chunk.length);
+    progress.read();
     await to.write(chunk);
     progress.crossed(chunk.length);
   }
