@@ -1,7 +1,7 @@
 /** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
 import { AccessDenied } from "../access/denied.ts";
 import type { Logger } from "../sys/log.ts";
-import { pipe, PlainStream, type Stream, TlsStream } from "./pump.ts";
+import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { resetNow } from "../net/reset.ts";
@@ -37,10 +37,15 @@ interface TimedOut {
 }
 
 export class Connection {
-  /** ms since epoch of the last byte moved in either direction. */
+  /** ms since epoch of the last byte moved in either direction, or of the start of a busy wait. */
   lastActivity = Date.now();
-  /** Both read sides still open (else the close timeout applies). */
+  /** Both read sides still open (else, once nothing is buffered, the close timeout applies). */
   bothOpen = true;
+  /**
+   * Chunks read from one side and not yet written to the other: as in stunnel, buffered data
+   * keeps TIMEOUTidle in force after a side has closed.
+   */
+  private buffered = 0;
   /** Set while waiting for the peer in the handshake: TIMEOUTbusy applies. */
   busy = false;
   /** What the busy wait is, for its timeout line (a protocol negotiation names its read). */
@@ -84,7 +89,7 @@ export class Connection {
     const o = this.service.opts;
     const timeout: TimedOut & { seconds: number } = this.busy
       ? { seconds: o.TIMEOUTbusy, fatal: true, line: `${this.busyStep}: s_poll_wait: TIMEOUTbusy` }
-      : this.bothOpen
+      : this.bothOpen || this.buffered > 0
       ? { seconds: o.TIMEOUTidle, fatal: true, line: "transfer: s_poll_wait: TIMEOUTidle" }
       : { seconds: o.TIMEOUTclose, fatal: false, line: "transfer: s_poll_wait: TIMEOUTclose" };
     if (now - this.lastActivity < timeout.seconds * 1000) return;
@@ -251,11 +256,10 @@ export class Connection {
 
   private async handshake(tls: TlsStream): Promise<void> {
     this.busy = true;
-    this.lastActivity = Date.now();
     const required = this.service.opts.requireCert;
     this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
     // A peer that fails verification (verify.ts) ends the handshake here.
-    await tls.handshake();
+    await tls.handshake(() => this.lastActivity = Date.now());
     this.busy = false;
     // Read after the handshake: SNI may have switched the service during it.
     const { log, service } = this;
@@ -331,18 +335,20 @@ export class Connection {
       failure ??= e;
       this.abort();
     };
-    const tlsToSocket = pipe(tls, plain, (n) => {
-      this.toSocket += n;
-      this.lastActivity = Date.now();
-    }).then(() => {
+    const progress = (count: (bytes: number) => void): Progress => ({
+      read: () => this.buffered++,
+      crossed: (bytes) => {
+        this.buffered--;
+        count(bytes);
+        this.lastActivity = Date.now();
+      },
+    });
+    const tlsToSocket = pipe(tls, plain, progress((n) => this.toSocket += n)).then(() => {
       this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
-    const socketToTls = pipe(plain, tls, (n) => {
-      this.toTls += n;
-      this.lastActivity = Date.now();
-    }).then(() => {
+    const socketToTls = pipe(plain, tls, progress((n) => this.toTls += n)).then(() => {
       this.log(6, "Read socket closed (read hangup)");
       this.bothOpen = false;
       this.lastActivity = Date.now();

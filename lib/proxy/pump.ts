@@ -107,8 +107,8 @@ export class PlainStream implements Stream {
 export class TlsStream implements Stream {
   private readonly socket: PlainStream;
   private flushing: Promise<void> | null = null;
-  /** Writers waiting for input from the peer (a renegotiation in progress). */
-  private inputWaiters: (() => void)[] = [];
+  /** The socket read in progress, shared by the reader and a writer that needs input. */
+  private filling: Promise<void> | null = null;
   private sentCloseNotify = false;
   /** Plaintext a protocol negotiation read ahead and handed back (`unread`), returned first. */
   private pendingPlain: Uint8Array<ArrayBuffer> | null = null;
@@ -123,12 +123,17 @@ export class TlsStream implements Stream {
     if (data.length > 0) this.pendingPlain = data;
   }
 
-  /** Completes the handshake; throws a TlsError or a socket error. */
-  async handshake(): Promise<void> {
+  /**
+   * Completes the handshake; throws a TlsError or a socket error. `waiting` is told before each
+   * wait for the peer: as in stunnel, TIMEOUTbusy bounds each wait, not the whole handshake.
+   */
+  async handshake(waiting: () => void): Promise<void> {
     try {
       while (!this.tls.handshake()) {
         if (this.peerEnd === "eof") throw new Error("Peer suddenly disconnected");
+        waiting();
         await this.flush();
+        waiting();
         await this.fill();
       }
     } catch (e) {
@@ -136,14 +141,23 @@ export class TlsStream implements Stream {
       await this.flush().catch(() => {});
       throw e;
     }
+    waiting();
     await this.flush();
   }
 
   /** How the peer ended its direction, once it has: stunnel logs the two differently. */
   peerEnd: "close_notify" | "eof" | undefined;
 
-  /** Reads ciphertext from the socket into the engine; at EOF the engine sees EOF. */
-  private async fill(): Promise<void> {
+  /**
+   * Reads ciphertext from the socket into the engine; at EOF the engine sees EOF. One read runs
+   * at a time, shared by the reader and a writer that waits for the peer: either may start it,
+   * since the other may have ended, and it fails when the socket is closed.
+   */
+  private fill(): Promise<void> {
+    return this.filling ??= this.receive().finally(() => this.filling = null);
+  }
+
+  private async receive(): Promise<void> {
     let data: Uint8Array<ArrayBuffer> | null;
     try {
       data = await this.socket.read();
@@ -159,9 +173,6 @@ export class TlsStream implements Stream {
     } else {
       this.tls.feed(data);
     }
-    const waiters = this.inputWaiters;
-    this.inputWaiters = [];
-    for (const wake of waiters) wake();
   }
 
   /** Plaintext lent from the pool while decrypted data waits to be consumed. */
@@ -203,11 +214,12 @@ export class TlsStream implements Stream {
     return have;
   }
 
+  /** A renegotiation in progress makes the engine wait for the peer: then this reads too. */
   async write(data: Uint8Array<ArrayBuffer>): Promise<void> {
     let offset = this.tls.write(data);
     while (offset < data.length) {
       await this.flush();
-      await new Promise<void>((wake) => this.inputWaiters.push(wake));
+      await this.fill();
       offset += this.tls.write(data.subarray(offset));
     }
     await this.flush();
@@ -255,16 +267,20 @@ export class TlsStream implements Stream {
   }
 }
 
-/** Called with each chunk that crossed, for byte counts and idle timers. */
-export type Progress = (bytes: number) => void;
+/** Told of each chunk when it was read (it is then buffered) and when it crossed. */
+export interface Progress {
+  read(): void;
+  crossed(bytes: number): void;
+}
 
 /** Copies `from` to `to` until `from` ends, then ends `to`. */
 export async function pipe(from: Stream, to: Stream, progress: Progress): Promise<void> {
   for (;;) {
     const chunk = await from.read();
     if (chunk === null) break;
+    progress.read();
     await to.write(chunk);
-    progress(chunk.length);
+    progress.crossed(chunk.length);
   }
   await to.closeWrite();
 }
