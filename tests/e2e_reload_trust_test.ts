@@ -1,6 +1,7 @@
 /**
  * End-to-end: what a reload may be trusted with. Overlapping SIGHUPs leave exactly the file's
- * listeners (on every thread) and route every service to its new backend.
+ * listeners (on every thread) and route every service to its new backend; the log lines of a
+ * connection that outlives a reload go to the log output of the time.
  *
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_reload_trust_test.ts
  */
@@ -8,10 +9,12 @@
 import {
   assert,
   assertEquals,
+  assertMatch,
   assertRejects,
   type Backend,
   decode,
   e2e,
+  echoRoundTrip,
   echoServer,
   freePorts,
   GLOBALS,
@@ -161,5 +164,48 @@ e2e(
     await proxy.writeConfig(configText(third));
     for (let n = 0; n < 5; n++) proxy.signal("SIGHUP");
     await check(third, [ports[27], ports[28]]);
+  },
+);
+
+/** A proxy logging to `output`, with one connection open through it. */
+async function connectionAcrossReload(dir: string, output: string, after: string) {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const cert = await serverCertLines();
+  const config = (file: string) =>
+    GLOBALS + `output = ${file}\n` + cert + service("kept", port, echo.port);
+  const proxy = await startProxy(config(output), { dir });
+  const open = await tlsConnect(port, pki.caPem);
+  await echoRoundTrip(open, "before the reload\n");
+
+  await proxy.writeConfig(config(after));
+  proxy.signal("SIGHUP");
+  await proxy.waitForLogCount(/Reading configuration from/, 2);
+  // Signals are handled in turn: the list comes once every thread has reloaded.
+  proxy.signal("SIGUSR2");
+  await proxy.waitForLog(/Listed 1 active connection\(s\)/);
+  await echoRoundTrip(open, "after the reload\n");
+  open.close();
+  const closed = /LOG5\[(\d+)\]: Connection closed: 35 byte\(s\) sent to TLS, 35 byte\(s\) sent/;
+  const [, id] = await proxy.waitForLog(closed);
+  const finished = new RegExp(`LOG7\\[${id}\\]: Service \\[kept\\] finished`);
+  await proxy.waitForLog(finished);
+  const text = await Deno.readTextFile(after);
+  assertMatch(text, closed, `the connection's end is not in ${after}`);
+  assertMatch(text, finished, `the connection's end is not in ${after}`);
+}
+
+e2e("output = FILE: a connection open across a SIGHUP logs its end to the file", {}, async (s) => {
+  const dir = await s.tempDir("e2e-reload-log-");
+  await connectionAcrossReload(dir, `${dir}/proxy.log`, `${dir}/proxy.log`);
+});
+
+e2e(
+  "output changed by a SIGHUP: a connection open across it logs its end to the new file",
+  {},
+  async (s) => {
+    const dir = await s.tempDir("e2e-reload-log-");
+    await connectionAcrossReload(dir, `${dir}/before.log`, `${dir}/after.log`);
   },
 );

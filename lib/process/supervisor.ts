@@ -65,7 +65,7 @@ export class Supervisor {
   constructor(
     private config: Configuration,
     private readonly reloadConfig: ConfigLoader,
-    private sink: LogSink,
+    private readonly sink: LogSink,
     private readonly runtime: Runtime,
     /** The most threads to serve with; all at start when `eager`, else added under load. */
     private readonly threads: number,
@@ -265,8 +265,7 @@ export class Supervisor {
       keep();
       return;
     }
-    this.sink = sink;
-    this.log = sink.bind("ui", global.debugLevel);
+    this.log = this.sink.bind("ui", global.debugLevel);
     this.config = next;
     if (!await this.broadcast({ type: "reload", config: next })) {
       this.log(3, "A worker thread kept its old configuration; see its messages above");
