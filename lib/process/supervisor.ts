@@ -57,11 +57,15 @@ export class Supervisor {
   private accepted = 0;
   private markStarted!: () => void;
   private readonly started = new Promise<void>((resolve) => this.markStarted = resolve);
+  /** The end of the signal work and thread starts under way: each waits for the one before. */
+  private turn: Promise<void> = Promise.resolve();
+  /** The reload waiting for its turn, which serves every SIGHUP until it starts. */
+  private queuedReload: Promise<void> | undefined;
 
   constructor(
     private config: Configuration,
     private readonly reloadConfig: ConfigLoader,
-    private sink: LogSink,
+    private readonly sink: LogSink,
     private readonly runtime: Runtime,
     /** The most threads to serve with; all at start when `eager`, else added under load. */
     private readonly threads: number,
@@ -115,7 +119,8 @@ export class Supervisor {
     }
     this.scaling = true;
     try {
-      await this.startWorker();
+      // Not during a reload: the new thread starts on the configuration the reload leaves.
+      await this.inTurn(() => this.startWorker());
       this.log(6, `Serving with ${this.workers.length + 1} threads`);
     } catch {
       this.log(3, "Could not start another thread");
@@ -166,6 +171,16 @@ export class Supervisor {
     });
   }
 
+  /**
+   * Runs `task` once the tasks before it have ended, as stunnel handles one signal at a time: a
+   * reload never overlaps another, nor the start of a thread that must take part in it.
+   */
+  private inTurn(task: () => Promise<void>): Promise<void> {
+    const run = this.turn.then(task);
+    this.turn = run.catch(() => {});
+    return run;
+  }
+
   private async broadcast(message: ToWorker): Promise<boolean> {
     const replies = await Promise.all(this.workers.map((w) => this.ask(w, message)));
     return replies.every((r) => r.ok);
@@ -178,16 +193,20 @@ export class Supervisor {
       this.signalHandlers.push([signal, deferred]);
     };
     on("SIGHUP", () => void this.reload());
-    // The workers first: once the main thread says "Log file reopened", every thread writes
-    // to the new file.
-    on(
-      "SIGUSR1",
-      () => void this.broadcast({ type: "reopen" }).then(() => this.daemon.reopenLog()),
-    );
-    on("SIGUSR2", () => void this.listConnections());
+    on("SIGUSR1", () => void this.inTurn(() => this.reopenLogs()));
+    on("SIGUSR2", () => void this.inTurn(() => this.listConnections()));
     for (const signal of ["SIGTERM", "SIGINT", "SIGQUIT"] as const) {
       on(signal, () => void this.stop("Terminated"));
     }
+  }
+
+  /**
+   * SIGUSR1: the workers first, so that once the main thread says "Log file reopened", every
+   * thread writes to the new file.
+   */
+  private async reopenLogs(): Promise<void> {
+    await this.broadcast({ type: "reopen" });
+    this.daemon.reopenLog();
   }
 
   /** SIGUSR2: every thread's connections, in stunnel's words (at level 0: always shown). */
@@ -200,8 +219,19 @@ export class Supervisor {
     this.log(0, `Listed ${lines.length} active connection(s)`);
   }
 
-  /** SIGHUP: the new configuration replaces the old one only if all of it works. */
-  async reload(): Promise<void> {
+  /**
+   * SIGHUP: a reload once the one under way (if any) has ended. Requests until it starts are
+   * served by it (it reads the file then); resolves when it has ended.
+   */
+  reload(): Promise<void> {
+    return this.queuedReload ??= this.inTurn(() => {
+      this.queuedReload = undefined;
+      return this.stopping ? Promise.resolve() : this.reloadNow();
+    });
+  }
+
+  /** The new configuration replaces the old one, in every thread, only if all of it works. */
+  private async reloadNow(): Promise<void> {
     this.log(5, `Reading configuration from ${describeSource(this.config.source)}`);
     const keep = () => {
       this.log(3, "Configuration failed");
@@ -235,8 +265,7 @@ export class Supervisor {
       keep();
       return;
     }
-    this.sink = sink;
-    this.log = sink.bind("ui", global.debugLevel);
+    this.log = this.sink.bind("ui", global.debugLevel);
     this.config = next;
     if (!await this.broadcast({ type: "reload", config: next })) {
       this.log(3, "A worker thread kept its old configuration; see its messages above");
@@ -248,6 +277,8 @@ export class Supervisor {
     this.stopping = true;
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
     clearInterval(this.scaler);
+    // What is under way ends first; a reload still waiting then sees `stopping` and does nothing.
+    await this.turn;
     await this.broadcast({ type: "stop" });
     for (const w of this.workers) w.terminate();
     this.removePidFile();

@@ -41,14 +41,21 @@ const scope = self as unknown as {
   onmessage: (e: MessageEvent<ToWorker & { id: number }>) => void;
   postMessage(reply: WorkerReply): void;
 };
+/**
+ * Messages are handled one at a time, in order: a reload never overlaps another, nor the stop,
+ * even when the supervisor has stopped waiting for an answer.
+ */
+let turn = Promise.resolve();
 scope.onmessage = (e) => {
-  handle(e.data, context).then(
-    (result) =>
-      scope.postMessage(
-        Array.isArray(result)
-          ? { id: e.data.id, ok: true, lines: result }
-          : { id: e.data.id, ok: result },
-      ),
-    () => scope.postMessage({ id: e.data.id, ok: false }),
+  turn = turn.then(() =>
+    handle(e.data, context).then(
+      (result) =>
+        scope.postMessage(
+          Array.isArray(result)
+            ? { id: e.data.id, ok: true, lines: result }
+            : { id: e.data.id, ok: result },
+        ),
+      () => scope.postMessage({ id: e.data.id, ok: false }),
+    )
   );
 };

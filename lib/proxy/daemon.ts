@@ -97,7 +97,7 @@ export class Daemon {
 
   constructor(
     private config: Configuration,
-    private sink: LogSink,
+    private readonly sink: LogSink,
     private readonly runtime: Runtime,
   ) {
     this.log = this.uiLogger(sink, config);
@@ -270,7 +270,8 @@ export class Daemon {
 
   /**
    * A reloaded configuration replaces the running one only if all of it works: every TLS
-   * context builds and every new address binds. Returns whether it was applied.
+   * context builds and every new address binds. Returns whether it was applied; if so, the
+   * daemon's sink (and every logger bound to it) now writes where `sink` did.
    */
   async apply(next: Configuration, sink: LogSink): Promise<boolean> {
     const log = this.log;
@@ -305,9 +306,8 @@ export class Daemon {
       await s.prepare(log);
     }
     for (const o of old) this.unbind(o);
-    this.sink.close();
-    this.sink = sink;
-    this.log = this.uiLogger(sink, next);
+    this.sink.switchTo(sink);
+    this.log = this.uiLogger(this.sink, next);
     this.config = next;
     this.services = services;
     // Open connections keep their SSL objects, which hold their own reference to the context.

@@ -27,7 +27,7 @@ function pad(n: number): string {
   return n < 10 ? `0${n}` : `${n}`;
 }
 
-/** Where log lines go; one per daemon, reopened on SIGUSR1 and replaced on reload. */
+/** Where log lines go; one per daemon, reopened on SIGUSR1 and switched on reload. */
 export class LogSink {
   private file: Deno.FsFile | undefined;
   private syslogIdent: Uint8Array | undefined;
@@ -41,7 +41,7 @@ export class LogSink {
   heldBack: Uint8Array[] | undefined;
 
   /** Lines up to `stderrLevel` also go to stderr (-1: none; `foreground = yes`: all). */
-  constructor(private readonly global: LogSettings, public stderrLevel: number) {}
+  constructor(private global: LogSettings, public stderrLevel: number) {}
 
   /** Opens the output file and syslog; throws with the reason if the file cannot be opened. */
   open(): void {
@@ -68,6 +68,22 @@ export class LogSink {
       append: this.global.log === "append",
       truncate: this.global.log === "overwrite",
     });
+  }
+
+  /**
+   * A reload: from now on this sink writes where `next` (opened) does, and `next` is spent. So
+   * every logger bound to this sink follows, those of connections that outlive the reload too.
+   */
+  switchTo(next: LogSink): void {
+    this.file?.close();
+    // next.open() has already replaced our syslog ident; closelog() would undo that.
+    if (this.syslogIdent && !next.syslogIdent) lib().libc.closelog();
+    this.global = next.global;
+    this.stderrLevel = next.stderrLevel;
+    this.file = next.file;
+    this.syslogIdent = next.syslogIdent;
+    next.file = undefined;
+    next.syslogIdent = undefined;
   }
 
   close(): void {
