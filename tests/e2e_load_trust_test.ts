@@ -5,21 +5,28 @@
  * - The CPU time of one failed connection (`reset = yes`) and of one connection with a local
  *   socket option of its own (`l:`) is the same with 600 other connections open as with none:
  *   the socket of a connection is not looked for among all of the process's descriptors.
+ * - [extra] The socks service refuses every target that is this host itself, whatever its form:
+ *   0.0.0.0 and ::ffff:127.0.0.1 (as addresses or names) and :: reach the loopback as surely as
+ *   127.0.0.1 and ::1, the two that stunnel refuses.
  *
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_load_trust_test.ts
  */
 
 import {
   assert,
+  assertEquals,
   closeQuietly,
   e2e,
+  echoServer,
   encode,
   freePorts,
   GLOBALS,
   makePki,
   type Pki,
+  readExactly,
   startProxy,
   tcpConnect,
+  tlsConnect,
   waitClosed,
   writeAll,
 } from "./helpers.ts";
@@ -95,4 +102,75 @@ e2e("the cost of a failed connection does not grow with the connections open", {
   // Before the fix every one of them went through the 600 descriptors: about 5 times the cost.
   assert(crowded.reset < 2 * alone.reset + 10, report);
   assert(crowded.options < 2 * alone.options + 10, report);
+});
+
+// ------------------------------------------------------------------ socks: this host itself
+
+const be16 = (n: number) => [n >> 8, n & 0xff];
+
+e2e("socks: a target on this host itself is refused, whatever its form", {
+  extra: "stunnel 5.68 refuses 127.0.0.0/8 and ::1 only: 0.0.0.0, :: and ::ffff:127.0.0.1 " +
+    "reach its loopback services",
+  timeoutMs: 40_000,
+}, async () => {
+  const pki = await makePki();
+  // Were the filter to let one through, this backend on the loopback would get a connection.
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    GLOBALS + `[socks]\naccept = 127.0.0.1:${port}\n${certLines(pki)}protocol = socks\n`,
+  );
+  const p = be16(echo.port);
+  const v6 = (...tail: number[]) => [...Array(16 - tail.length).fill(0), ...tail];
+  const name = (host: string) => [3, host.length, ...encode(host)];
+  const v4Refused = [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0];
+  // [what, request, reply]: SOCKS 4 answers 91, SOCKS 5 "not allowed by ruleset" (2).
+  const cases: [string, number[], number[]][] = [
+    ["SOCKS 4 0.0.0.0", [4, 1, ...p, 0, 0, 0, 0, 0], [0, 91, ...p, 0, 0, 0, 0]],
+    [
+      "SOCKS 4a name 0.0.0.0",
+      [4, 1, ...p, 0, 0, 0, 1, 0, ...encode("0.0.0.0"), 0],
+      [0, 91, ...p, 0, 0, 0, 1],
+    ],
+    ["SOCKS 5 0.0.0.0", [5, 1, 0, 5, 1, 0, 1, 0, 0, 0, 0, ...p], [
+      5,
+      0,
+      5,
+      2,
+      0,
+      1,
+      0,
+      0,
+      0,
+      0,
+      ...p,
+    ]],
+    ["SOCKS 5 name 0.0.0.0", [5, 1, 0, 5, 1, 0, ...name("0.0.0.0"), ...p], v4Refused],
+    [
+      "SOCKS 5 ::ffff:127.0.0.1",
+      [5, 1, 0, 5, 1, 0, 4, ...v6(0xff, 0xff, 127, 0, 0, 1), ...p],
+      [5, 0, 5, 2, 0, 4, ...v6(0xff, 0xff, 127, 0, 0, 1), ...p],
+    ],
+    [
+      "SOCKS 5 name ::ffff:127.0.0.1",
+      [5, 1, 0, 5, 1, 0, ...name("::ffff:127.0.0.1"), ...p],
+      v4Refused,
+    ],
+    [
+      "SOCKS 5 ::ffff:0.0.0.0",
+      [5, 1, 0, 5, 1, 0, 4, ...v6(0xff, 0xff, 0, 0, 0, 0), ...p],
+      [5, 0, 5, 2, 0, 4, ...v6(0xff, 0xff, 0, 0, 0, 0), ...p],
+    ],
+    ["SOCKS 5 ::", [5, 1, 0, 5, 1, 0, 4, ...v6(), ...p], [5, 0, 5, 2, 0, 4, ...v6(), ...p]],
+  ];
+  for (const [what, request, reply] of cases) {
+    const conn = await tlsConnect(port, pki.caPem);
+    await writeAll(conn, Uint8Array.from(request));
+    assertEquals([...await readExactly(conn, reply.length)], reply, what);
+    await waitClosed(conn);
+    conn.close();
+  }
+  await proxy.waitForLogCount(/SOCKS connection to the IPv4 loopback rejected/, 7);
+  await proxy.waitForLog(/SOCKS connection to the IPv6 loopback rejected/);
+  assertEquals(echo.connections, 0, "a connection reached the loopback backend");
 });
