@@ -129,7 +129,7 @@ export class TlsStream implements Stream {
       while (!this.tls.handshake()) {
         if (this.peerEnd === "eof") throw new Error("Peer suddenly disconnected");
         await this.flush();
-        await this.fill();
+        await (this.tls.paused ?? this.fill());
       }
     } catch (e) {
       // The peer learns why: OpenSSL has queued a fatal alert (e.g. "certificate required").
