@@ -74,6 +74,8 @@ const sslSymbols = {
   SSL_get0_param: { parameters: ["pointer"], result: "pointer" },
   SSL_CTX_get0_param: { parameters: ["pointer"], result: "pointer" },
   SSL_CTX_up_ref: { parameters: ["pointer"], result: "i32" },
+  SSL_CTX_set_client_hello_cb: { parameters: ["pointer", "function", "pointer"], result: "void" },
+  SSL_client_hello_get0_ext: { parameters: ["pointer", "u32", "buffer", "buffer"], result: "i32" },
   // session.ts
   SSL_CTX_set_timeout: { parameters: ["pointer", "i64"], result: "i64" },
   SSL_CTX_set_num_tickets: { parameters: ["pointer", "usize"], result: "i32" },
@@ -115,12 +117,7 @@ const sslSymbols = {
   SSL_CTX_sess_set_remove_cb: { parameters: ["pointer", "function"], result: "void" },
   SSL_SESSION_get_id: { parameters: ["pointer", "buffer"], result: "pointer" },
   SSL_SESSION_get_timeout: { parameters: ["pointer"], result: "i64" },
-  SSL_CTX_set_client_hello_cb: { parameters: ["pointer", "function", "pointer"], result: "void" },
   SSL_client_hello_get0_session_id: { parameters: ["pointer", "buffer"], result: "usize" },
-  SSL_client_hello_get0_ext: {
-    parameters: ["pointer", "u32", "buffer", "buffer"],
-    result: "i32",
-  },
   SSL_get_options: { parameters: ["pointer"], result: "u64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
