@@ -96,8 +96,10 @@ e2e("the cost of a failed connection does not grow with the connections open", {
     reset: await costOfFailures(proxy.pid, resetting, count),
     options: await costOfFailures(proxy.pid, ownOptions, count),
   };
-  // 600 connections that stay open (waiting in the handshake).
+  // 600 connections that stay open (waiting in the handshake), once the proxy has taken them in.
   const open = await Promise.all(Array.from({ length: 600 }, () => tcpConnect(idle)));
+  await proxy.waitForLogCount(/Service \[idle\] accepted connection/, 600, 30_000);
+  await sleep(500);
   const crowded = {
     reset: await costOfFailures(proxy.pid, resetting, count),
     options: await costOfFailures(proxy.pid, ownOptions, count),
