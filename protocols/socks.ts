@@ -10,8 +10,9 @@
  * address the client asks for, which replaces `connect` (a socks section has no `connect`). As in
  * stunnel: the reply goes out before the target is connected (a refused connect closes the
  * connection after a success reply), BIND is not supported, the SOCKS 4 USERID and the SOCKS 5
- * reply's BND.ADDR are not used, loopback targets are refused, and the TOR RESOLVE extension
- * (command 0xf0) is answered.
+ * reply's BND.ADDR are not used, targets on this host itself are refused, and the TOR RESOLVE
+ * extension (command 0xf0) is answered. stunnel refuses only 127.0.0.0/8 and ::1; 0.0.0.0, ::
+ * and the IPv4-mapped forms reach the loopback as well, and are refused too.
  */
 import { lookup } from "node:dns/promises";
 import { isIPv4 } from "node:net";
@@ -72,16 +73,26 @@ async function resolveAll(host: string): Promise<{ address: string; family: numb
   }
 }
 
-/** stunnel's validate(): loopback targets are refused. */
+/** 0.0.0.0/8 ("this host") and 127.0.0.0/8, by the first byte of an IPv4 address. */
+const thisHostV4 = (first: number) => first === 0 || first === 127;
+
+/** Which loopback a resolved target reaches, if it is this host itself. */
+function loopbackOf(t: { address: string; family: number }): "IPv4" | "IPv6" | undefined {
+  if (t.family !== 6) return thisHostV4(ipv4Bytes(t.address)[0]) ? "IPv4" : undefined;
+  const b = ipv6Bytes(t.address);
+  const zeros = (n: number) => b.slice(0, n).every((x) => x === 0);
+  if (zeros(10) && b[10] === 0xff && b[11] === 0xff) { // ::ffff:a.b.c.d
+    return thisHostV4(b[12]) ? "IPv4" : undefined;
+  }
+  return zeros(15) && b[15] <= 1 ? "IPv6" : undefined; // :: and ::1
+}
+
+/** stunnel's validate(): a target on this host itself is refused. */
 function validate(targets: { address: string; family: number }[], log: NegotiationContext["log"]) {
   for (const t of targets) {
-    if (t.family === 6) {
-      if (ipv6Bytes(t.address).every((b, i) => b === (i === 15 ? 1 : 0))) {
-        log(3, "SOCKS connection to the IPv6 loopback rejected");
-        return false;
-      }
-    } else if (ipv4Bytes(t.address)[0] === 127) {
-      log(3, "SOCKS connection to the IPv4 loopback rejected");
+    const loopback = loopbackOf(t);
+    if (loopback) {
+      log(3, `SOCKS connection to the ${loopback} loopback rejected`);
       return false;
     }
   }

@@ -2,9 +2,11 @@
  * End-to-end: `protocol =` negotiations, part 2: socks (server mode, the manual's SOCKS VPN),
  * nntp and ldap (client mode) against scripted peers, each checked against stunnel4.
  *
- * stunnel 5.68 refuses SOCKS targets on the loopback (127.0.0.0/8, ::1), so the successful
- * requests here reach the loopback backends as 0.0.0.0 and ::ffff:127.0.0.1, which Linux
- * delivers locally and stunnel's check lets through.
+ * The socks service refuses targets on the loopback (stunnel 127.0.0.0/8 and ::1, ours also
+ * 0.0.0.0, :: and the IPv4-mapped forms), so it runs in a network namespace of its own, where
+ * 192.0.2.1 and 2001:db8::1 (documentation addresses on the namespace's loopback interface, which
+ * exists only there) are local without being loopback addresses, and so are its backends. It
+ * accepts on a Unix socket, which a relay on 127.0.0.1 joins: nothing is changed on the machine.
  *
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_protocols2_test.ts
  */
@@ -16,20 +18,25 @@ import {
   configError,
   decode,
   e2e,
-  echoServer,
   encode,
   freePorts,
   GLOBALS,
-  httpServer,
   makePki,
   type Pki,
+  pollUntil,
+  PROXY,
+  type Proxy,
   readExactly,
   run,
+  type Scope,
+  spawn,
+  type Spawned,
   startProxy,
   startStunnel4,
   tcpConnect,
   tlsConnect,
   waitClosed,
+  waitForPort,
   writeAll,
 } from "./helpers.ts";
 
@@ -38,8 +45,59 @@ const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.server
 // ------------------------------------------------------------------------------- socks
 
 /** A socks server-mode service: no `connect`, the SOCKS request chooses the target. */
-function socksServerConf(pki: Pki, accept: number): string {
-  return GLOBALS + `[socks]\naccept = 127.0.0.1:${accept}\n${certLines(pki)}protocol = socks\n`;
+function socksServerConf(pki: Pki, accept: number | string): string {
+  return GLOBALS + `[socks]\naccept = ${accept}\n${certLines(pki)}protocol = socks\n`;
+}
+
+/** The targets of the socks service: local addresses of its namespace, not loopback ones. */
+const TARGET_V4 = "192.0.2.1";
+const TARGET_V6 = "2001:db8::1";
+
+/** The socks service in its namespace: `port` (on 127.0.0.1 here) reaches it. */
+interface SocksHost {
+  port: number;
+  proxy: Proxy;
+  /** Runs a command in the service's namespace, e.g. a backend. */
+  inside(cmd: string[]): Spawned;
+}
+
+async function socksHost(scope: Scope, pki: Pki): Promise<SocksHost> {
+  const ns = `socks${Deno.pid % 100000}${Math.floor(Math.random() * 1000)}`;
+  const setUp = await run([
+    "sh",
+    "-ec",
+    `ip netns add ${ns}\nip netns exec ${ns} sh -ec "ip link set lo up\n` +
+    `ip addr add ${TARGET_V4}/32 dev lo\nip addr add ${TARGET_V6}/128 dev lo"`,
+  ]);
+  assertEquals(setUp.code, 0, `network namespace: ${setUp.stderr}`);
+  scope.defer(() => run(["ip", "netns", "del", ns]));
+  const inside = (cmd: string[]) => spawn(["ip", "netns", "exec", ns, ...cmd], { stdin: false });
+  const path = `${await scope.tempDir("e2e-socks-")}/socks.sock`;
+  const proxy = await startProxy(socksServerConf(pki, path), {
+    cmd: ["ip", "netns", "exec", ns, ...PROXY],
+    waitPorts: [],
+  });
+  await pollUntil(() => Deno.stat(path).then(() => true, () => false), 15_000, "socks socket");
+  const [port] = freePorts(1);
+  spawn(["socat", `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr,fork`, `UNIX-CONNECT:${path}`], {
+    stdin: false,
+  });
+  await waitForPort(port);
+  return { port, proxy, inside };
+}
+
+/** A backend in the socks service's namespace, on both targets: `program` serves each client. */
+async function backendInside(host: SocksHost, program: string): Promise<number> {
+  const [port] = freePorts(1);
+  const backend = host.inside([
+    "socat",
+    "-d",
+    "-d",
+    `TCP6-LISTEN:${port},ipv6only=0,reuseaddr,fork`,
+    `EXEC:${program}`,
+  ]);
+  await backend.waitForOutput(/listening on/);
+  return port;
 }
 
 /** The client side of the manual's SOCKS VPN: plain SOCKS in, TLS to the socks service. */
@@ -55,32 +113,46 @@ async function curlSocks(args: string[]): Promise<{ code: number; body: string; 
   return { code: r.code, body: r.stdout, err: r.stderr };
 }
 
+/** An HTTP/1.0 responder for socat EXEC: reads the request head, answers `body`. */
+async function httpResponder(scope: Scope, body: string): Promise<string> {
+  const script = `${await scope.tempDir("e2e-http-")}/respond.sh`;
+  await Deno.writeTextFile(
+    script,
+    `#!/bin/sh\ncr=$(printf '\\r')\n` +
+      `while IFS= read -r line && [ "$line" != "$cr" ] && [ -n "$line" ]; do :; done\n` +
+      `printf 'HTTP/1.0 200 OK\\r\\nContent-Length: ${body.length}\\r\\n\\r\\n%s' '${body}'\n`,
+  );
+  await Deno.chmod(script, 0o755);
+  return script;
+}
+
 e2e("socks VPN: curl -> client service -> socks service -> HTTP backend", {
-  timeoutMs: 50_000,
-}, async () => {
+  timeoutMs: 60_000,
+}, async (scope) => {
   const pki = await makePki();
-  const backend = httpServer("hello through socks\n");
-  const b = backend.port;
+  const respond = await httpResponder(scope, "hello through socks\n");
   // The client-mode side by our proxy and by stunnel4; the socks service is the proxy under test.
   for (const start of [startProxy, startStunnel4]) {
-    const [sPort, cPort] = freePorts(2);
-    const server = await startProxy(socksServerConf(pki, sPort));
-    await start(socksClientConf(pki, cPort, sPort));
+    const host = await socksHost(scope, pki);
+    const server = host.proxy;
+    const b = await backendInside(host, respond);
+    const [cPort] = freePorts(1);
+    await start(socksClientConf(pki, cPort, host.port));
     const socks = `127.0.0.1:${cPort}`;
     for (
       const args of [
-        ["--socks4a", socks, `http://0.0.0.0:${b}/`],
-        ["--socks4", socks, `http://0.0.0.0:${b}/`],
-        ["--socks5-hostname", socks, `http://0.0.0.0:${b}/`],
-        ["--socks5", socks, `http://0.0.0.0:${b}/`],
-        ["--socks5", socks, `http://[::ffff:127.0.0.1]:${b}/`],
+        ["--socks4a", socks, `http://${TARGET_V4}:${b}/`],
+        ["--socks4", socks, `http://${TARGET_V4}:${b}/`],
+        ["--socks5-hostname", socks, `http://${TARGET_V4}:${b}/`],
+        ["--socks5", socks, `http://${TARGET_V4}:${b}/`],
+        ["--socks5", socks, `http://[${TARGET_V6}]:${b}/`],
       ]
     ) {
       const r = await curlSocks(args);
       assertEquals(r.code, 0, `${args.join(" ")}: ${r.err}`);
       assertEquals(r.body, "hello through socks\n", args.join(" "));
     }
-    await server.waitForLog(/SOCKS4a resolved "0\.0\.0\.0" to 1 host\(s\)/);
+    await server.waitForLog(/SOCKS4a resolved "192\.0\.2\.1" to 1 host\(s\)/);
     await server.waitForLog(/SOCKS4 address received/);
     await server.waitForLog(/SOCKS5 IPv6 address received/);
     // The loopback itself is refused, with SOCKS 4's and SOCKS 5's "not allowed" replies.
@@ -104,25 +176,31 @@ async function socksRaw(port: number, pki: Pki, request: number[]): Promise<Deno
 
 const be16 = (n: number) => [n >> 8, n & 0xff];
 
-e2e("socks: raw SOCKS 4 and 5 requests, the replies, and the data after them", {}, async () => {
+/** The four bytes of TARGET_V4 and the sixteen of TARGET_V6. */
+const V4 = [192, 0, 2, 1];
+const V6 = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1];
+
+e2e("socks: raw SOCKS 4 and 5 requests, the replies, and the data after them", {
+  timeoutMs: 40_000,
+}, async (scope) => {
   const pki = await makePki();
-  const echo = echoServer();
-  const [port] = freePorts(1);
-  const proxy = await startProxy(socksServerConf(pki, port));
+  const host = await socksHost(scope, pki);
+  const { port, proxy } = host;
+  const echo = await backendInside(host, "cat");
   // SOCKS 4 CONNECT with a USERID: reply VN 0, CD 90, the request's port and address.
-  let conn = await socksRaw(port, pki, [4, 1, ...be16(echo.port), 0, 0, 0, 0, 0x75, 0x73, 0]);
-  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(echo.port), 0, 0, 0, 0]);
+  let conn = await socksRaw(port, pki, [4, 1, ...be16(echo), ...V4, 0x75, 0x73, 0]);
+  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(echo), ...V4]);
   await writeAll(conn, encode("ping4"));
   assertEquals(decode(await readExactly(conn, 5)), "ping4");
   conn.close();
   // SOCKS 5: methods (GSSAPI, none), then CONNECT to a domain name, data in the same write.
-  const host = [...encode("0.0.0.0")];
+  const name = [...encode(TARGET_V4)];
   conn = await socksRaw(port, pki, [
     5,
     2,
     1,
     0,
-    ...[5, 1, 0, 3, host.length, ...host, ...be16(echo.port)],
+    ...[5, 1, 0, 3, name.length, ...name, ...be16(echo)],
     ...encode("ping5"),
   ]);
   assertEquals([...await readExactly(conn, 2)], [5, 0]);
@@ -130,22 +208,21 @@ e2e("socks: raw SOCKS 4 and 5 requests, the replies, and the data after them", {
   assertEquals(decode(await readExactly(conn, 5)), "ping5");
   conn.close();
   // SOCKS 5 IPv6: the reply keeps the family and echoes the address.
-  const v6 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
-  conn = await socksRaw(port, pki, [5, 1, 0, 5, 1, 0, 4, ...v6, ...be16(echo.port)]);
+  conn = await socksRaw(port, pki, [5, 1, 0, 5, 1, 0, 4, ...V6, ...be16(echo)]);
   assertEquals([...await readExactly(conn, 2)], [5, 0]);
-  assertEquals([...await readExactly(conn, 22)], [5, 0, 0, 4, ...v6, ...be16(echo.port)]);
+  assertEquals([...await readExactly(conn, 22)], [5, 0, 0, 4, ...V6, ...be16(echo)]);
   await writeAll(conn, encode("ping6"));
   assertEquals(decode(await readExactly(conn, 5)), "ping6");
   conn.close();
-  await proxy.waitForLog(/SOCKS5 resolved "0\.0\.0\.0" to 1 host\(s\)/);
+  await proxy.waitForLog(/SOCKS5 resolved "192\.0\.2\.1" to 1 host\(s\)/);
 });
 
 e2e("socks hostile requests: version, methods, address type, commands, refused target", {
   timeoutMs: 40_000,
-}, async () => {
+}, async (scope) => {
   const pki = await makePki();
-  const [port, dead] = freePorts(2);
-  const proxy = await startProxy(socksServerConf(pki, port));
+  const [dead] = freePorts(1);
+  const { port, proxy } = await socksHost(scope, pki);
   const expectReply = async (request: number[], reply: number[]) => {
     const conn = await socksRaw(port, pki, request);
     assertEquals([...await readExactly(conn, reply.length)], reply, `reply to ${request}`);
@@ -186,11 +263,11 @@ e2e("socks hostile requests: version, methods, address type, commands, refused t
   );
   await proxy.waitForLog(/SOCKS5 failed to resolve "no-such-host\.invalid"/);
   // stunnel answers before it connects: a refused target gets a success reply, then the close.
-  conn = await socksRaw(port, pki, [4, 1, ...be16(dead), 0, 0, 0, 0, 0]);
-  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(dead), 0, 0, 0, 0]);
+  conn = await socksRaw(port, pki, [4, 1, ...be16(dead), ...V4, 0]);
+  assertEquals([...await readExactly(conn, 8)], [0, 90, ...be16(dead), ...V4]);
   await waitClosed(conn);
   conn.close();
-  await proxy.waitForLog(/s_connect: connect 0\.0\.0\.0:\d+: Connection refused \(111\)/);
+  await proxy.waitForLog(/s_connect: connect 192\.0\.2\.1:\d+: Connection refused \(111\)/);
 });
 
 e2e(

@@ -1232,9 +1232,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     },
     help: "[host:]port use sessiond at host:port",
     note: "stunnel's UDP protocol (IPv4). Server mode: new sessions go to the cache, a session " +
-      "the thread's own cache lacks is asked of it (inside the handshake, so the thread waits " +
-      "for the answer, at most 200 ms), and session tickets are off. A session bigger than 512 " +
-      "bytes in DER (e.g. with a client certificate) is not cached, as in stunnel.",
+      "the thread's own cache lacks is asked of it (the handshake that offered it waits for the " +
+      "answer, at most 200 ms; the thread does not), and session tickets are off. A session " +
+      "bigger than 512 bytes in DER (e.g. with a client certificate) is not cached, as in stunnel.",
   }),
   define({
     name: "sni",

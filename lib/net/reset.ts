@@ -2,8 +2,9 @@
  * `reset = yes`: a connection that fails on our side is closed with a TCP RST (SO_LINGER 0)
  * instead of a FIN, so that the peer cannot take the failure for an orderly end of data.
  *
- * Deno does not expose socket file descriptors, so the descriptor is found among this
- * process's open sockets by its address pair (sockfd.ts). This runs only on the error path.
+ * Deno does not expose socket file descriptors: sockfd.ts finds the descriptor (at once for an
+ * accepted socket, among this process's open sockets for one Deno connected). This runs only on
+ * the error path.
  */
 import { cstr, lib, O_RDWR } from "../sys/ffi.ts";
 import { findConnFd, SOL_SOCKET } from "../sys/sockfd.ts";

@@ -134,7 +134,7 @@ export class TlsStream implements Stream {
         waiting();
         await this.flush();
         waiting();
-        await this.fill();
+        await (this.tls.paused ?? this.fill());
       }
     } catch (e) {
       // The peer learns why: OpenSSL has queued a fatal alert (e.g. "certificate required").

@@ -118,6 +118,8 @@ const sslSymbols = {
   SSL_CTX_sess_set_remove_cb: { parameters: ["pointer", "function"], result: "void" },
   SSL_SESSION_get_id: { parameters: ["pointer", "buffer"], result: "pointer" },
   SSL_SESSION_get_timeout: { parameters: ["pointer"], result: "i64" },
+  SSL_client_hello_get0_session_id: { parameters: ["pointer", "buffer"], result: "usize" },
+  SSL_get_options: { parameters: ["pointer"], result: "u64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const cryptoSymbols = {
@@ -363,9 +365,6 @@ const libcSymbols = {
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   getaddrinfo: { parameters: ["buffer", "pointer", "buffer", "buffer"], result: "i32" },
   freeaddrinfo: { parameters: ["pointer"], result: "void" },
-  // sessiond: one UDP datagram per cache request (and its answer)
-  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
-  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   // pty: the master side of a pseudo-terminal (O_NONBLOCK; waits go through `poll`)
   posix_openpt: { parameters: ["i32"], result: "i32" },
   grantpt: { parameters: ["i32"], result: "i32" },
@@ -444,6 +443,7 @@ export const SSL_ERROR_WANT_READ = 2;
 export const SSL_ERROR_WANT_WRITE = 3;
 export const SSL_ERROR_SYSCALL = 5;
 export const SSL_ERROR_ZERO_RETURN = 6;
+export const SSL_ERROR_WANT_CLIENT_HELLO_CB = 11;
 export const SSL_SENT_SHUTDOWN = 1;
 export const SSL_RECEIVED_SHUTDOWN = 2;
 export const SSL_CTRL_SET_TLSEXT_HOSTNAME = 55;
@@ -455,6 +455,7 @@ export const SSL_CTRL_CHAIN_CERT = 89;
 export const SSL_CTRL_SET_GROUPS_LIST = 92;
 export const SSL_CTRL_SET_MIN_PROTO_VERSION = 123;
 export const SSL_CTRL_SET_MAX_PROTO_VERSION = 124;
+export const SSL_CTRL_GET_MAX_PROTO_VERSION = 131;
 export const SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1;
 export const SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x2;
 export const SSL_MODE_RELEASE_BUFFERS = 0x10;
@@ -475,6 +476,7 @@ export const SSL_TLSEXT_ERR_ALERT_FATAL = 2;
 export const SSL_TLSEXT_ERR_NOACK = 3;
 export const SSL_CLIENT_HELLO_SUCCESS = 1;
 export const SSL_CLIENT_HELLO_ERROR = 0;
+export const SSL_CLIENT_HELLO_RETRY = -1;
 export const TLSEXT_TYPE_server_name = 0;
 export const X509_VP_FLAG_OVERWRITE = 0x2;
 export const X509_VP_FLAG_RESET_FLAGS = 0x4;

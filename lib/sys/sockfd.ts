@@ -1,11 +1,13 @@
 /**
  * Socket addresses in their C form, and the file descriptors behind Deno's sockets.
  *
- * Deno does not expose descriptors, so a socket's descriptor is found among this process's open
- * descriptors by its address pair (getsockname/getpeername): two system calls per open socket.
- * A listener is found once, when it is bound; a connection only when something has to be done
- * to that very socket (`reset = yes`, a socket option that accepted sockets do not inherit from
- * their listener, `transparent = destination`).
+ * Deno does not expose descriptors. It keeps the one of a socket it accepted under an internal
+ * symbol (for its node:net layer), which is checked against the socket's address pair
+ * (getsockname/getpeername) before use; any other socket of Deno's is found among this process's
+ * open descriptors by its address pair: two system calls per open socket. A listener is found
+ * once, when it is bound; a connection only when something has to be done to that very socket
+ * (`reset = yes`, a socket option that accepted sockets do not inherit from their listener,
+ * `transparent = destination`, the socks client).
  */
 import { lib } from "./ffi.ts";
 
@@ -165,6 +167,13 @@ export function intOption(fd: number, level: number, name: number): number | und
   return rc === 0 ? value[0] : undefined;
 }
 
+/** The descriptor Deno keeps for a socket it accepted (none for one it connected). */
+function acceptedFd(conn: Deno.Conn): number | undefined {
+  const key = Object.getOwnPropertySymbols(conn).find((s) => s.description === "Deno.internal.fd");
+  const fd = key && (conn as unknown as Record<symbol, unknown>)[key];
+  return typeof fd === "number" ? fd : undefined;
+}
+
 /** The descriptor of a connected socket with these two addresses, if it is ours. */
 export function findConnFd(conn: Deno.Conn): number | undefined {
   const own = (conn as unknown as { fd?: unknown }).fd;
@@ -174,11 +183,13 @@ export function findConnFd(conn: Deno.Conn): number | undefined {
   const remote = addrKey(conn.remoteAddr);
   if (!local?.startsWith("tcp/") || !remote) return undefined;
   const buf = new Uint8Array(128);
-  for (const fd of openFds()) {
-    if (addrKey(nameOf(libc.getsockname, fd, buf)) !== local) continue;
-    if (addrKey(nameOf(libc.getpeername, fd, buf)) === remote) return fd;
-  }
-  return undefined;
+  const holds = (fd: number) =>
+    addrKey(nameOf(libc.getsockname, fd, buf)) === local &&
+    addrKey(nameOf(libc.getpeername, fd, buf)) === remote;
+  // Once the connection is closed, its number may belong to another socket: hence the check.
+  const accepted = acceptedFd(conn);
+  if (accepted !== undefined) return holds(accepted) ? accepted : undefined;
+  return openFds().find(holds);
 }
 
 /**

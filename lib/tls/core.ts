@@ -15,6 +15,7 @@ import {
   SSL_CTRL_SET_TLSEXT_HOSTNAME,
   SSL_ERROR_SSL,
   SSL_ERROR_SYSCALL,
+  SSL_ERROR_WANT_CLIENT_HELLO_CB,
   SSL_ERROR_WANT_READ,
   SSL_ERROR_WANT_WRITE,
   SSL_ERROR_ZERO_RETURN,
@@ -139,6 +140,11 @@ export class TlsConnection {
   refusal: string | undefined;
   /** A pre-shared key of PSKsecrets was used (OpenSSL then reports a "reused" session). */
   psk = false;
+  /**
+   * Set by a ClientHello callback that paused the handshake (sessiond.ts asks the session
+   * cache): the handshake goes on once this settles, not when the peer sends more.
+   */
+  paused: Promise<void> | undefined;
 
   constructor(readonly context: ContextHandle, readonly client: boolean, sni?: string) {
     const { ssl, crypto } = lib();
@@ -279,6 +285,7 @@ export class TlsConnection {
     const { ssl } = lib();
     const err = known ?? ssl.SSL_get_error(this.ssl, r);
     if (err === SSL_ERROR_WANT_READ || err === SSL_ERROR_WANT_WRITE) return;
+    if (err === SSL_ERROR_WANT_CLIENT_HELLO_CB && this.paused) return;
     const errors = drainErrors();
     if (err === SSL_ERROR_SYSCALL && errors.length === 0) {
       throw new TlsError(what, errors, "unexpected end of file from the peer");

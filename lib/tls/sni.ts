@@ -35,6 +35,7 @@ import {
 import type { Logger } from "../sys/log.ts";
 import type { ServiceOptions } from "../config/types.ts";
 import { sessionIdContext } from "./session.ts";
+import { addHelloStep, helloExtension, type HelloVerdict } from "./hello.ts";
 import { check, type ContextHandle, type TlsConnection, TlsError } from "./core.ts";
 
 const encoder = new TextEncoder();
@@ -159,20 +160,17 @@ const expected = new Map<bigint, VirtualService>();
 const CALLBACK = { parameters: ["pointer", "pointer", "pointer"], result: "i32" } as const;
 
 /**
- * The servername and client hello callbacks of this thread. They are never closed: an SSL
- * object can outlive the context it was made from (a reload frees contexts while connections
- * still use them), and a second ClientHello or a renegotiation calls them again.
+ * The servername callback of this thread. It is never closed: an SSL object can outlive the
+ * context it was made from (a reload frees contexts while connections still use them), and a
+ * second ClientHello or a renegotiation calls it again.
  */
 let callback: Deno.UnsafeCallback<typeof CALLBACK> | undefined;
-let helloCallback: Deno.UnsafeCallback<typeof CALLBACK> | undefined;
 
 /** Called by TlsContext for every server-mode context, as stunnel does. */
 export function installServernameCallback(context: ContextHandle): void {
   callback ??= new Deno.UnsafeCallback(CALLBACK, (ssl) => onServername(ssl));
-  helloCallback ??= new Deno.UnsafeCallback(CALLBACK, (ssl) => onClientHello(ssl));
-  const { ssl } = lib();
-  ssl.SSL_CTX_callback_ctrl(context.ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, callback.pointer);
-  ssl.SSL_CTX_set_client_hello_cb(context.ctx, helloCallback.pointer, null);
+  lib().ssl.SSL_CTX_callback_ctrl(context.ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, callback.pointer);
+  addHelloStep(context, onClientHello);
 }
 
 /** The secondary service of `service` that `servername` selects, if any. */
@@ -185,17 +183,8 @@ function routeFor(service: VirtualService, servername: string): Route | undefine
  * rule: the first name of the list, of type host_name), or undefined.
  */
 function helloServername(ssl: Ptr): string | undefined {
-  const out = new BigUint64Array(1);
-  const length = new BigUint64Array(1);
-  const found = lib().ssl.SSL_client_hello_get0_ext(
-    ssl,
-    TLSEXT_TYPE_server_name,
-    new Uint8Array(out.buffer),
-    new Uint8Array(length.buffer),
-  );
-  const p = Deno.UnsafePointer.create(out[0]);
-  if (found !== 1 || p === null || length[0] < 5n) return undefined;
-  const ext = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, Number(length[0])));
+  const ext = helloExtension(ssl, TLSEXT_TYPE_server_name);
+  if (ext === undefined || ext.length < 5) return undefined;
   // ServerNameList: its length (2 bytes), then name type (1), name length (2), name.
   const nameLength = (ext[3] << 8) | ext[4];
   if (ext[2] !== TLSEXT_NAMETYPE_host_name || 5 + nameLength > ext.length) return undefined;
@@ -207,7 +196,7 @@ function helloServername(ssl: Ptr): string | undefined {
  * client's server name selects (what the servername callback will switch to), so that only a
  * session of that service, under its current settings, is resumed.
  */
-function onClientHello(ssl: Ptr): number {
+function onClientHello(ssl: Ptr): HelloVerdict {
   const key = addressOf(ssl);
   const peer = peers.get(key);
   try {
