@@ -24,8 +24,6 @@
  * staples when clients ask for it: the first request starts a background fetch (the `OCSP`
  * URL, then the certificate's AIA responders) and the answer is refreshed before it expires.
  */
-import { lookup } from "node:dns/promises";
-import { formatAddress } from "../config/address.ts";
 import {
   BIO_C_SET_BUF_MEM_EOF_RETURN,
   BIO_CTRL_PENDING,
@@ -39,11 +37,15 @@ import {
   SSL_TLSEXT_ERR_NOACK,
   SSL_TLSEXT_ERR_OK,
 } from "../sys/ffi.ts";
+import type { Log } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { withTimeout } from "../sys/timeout.ts";
+import type { Conn } from "../net/conn.ts";
+import { connect, resolveAddress } from "../net/connect.ts";
 import { OCSP_FLAGS } from "../sys/names.ts";
 import { nameText } from "./verify.ts";
 import { type ContextHandle, type TlsConnection, type TlsContextLog, TlsError } from "./core.ts";
-import type { ServiceOptions } from "../config/types.ts";
+import type { Address, ServiceOptions } from "../config/types.ts";
 
 const X509_V_ERR_CERT_REVOKED = 23;
 const X509_V_ERR_APPLICATION_VERIFICATION = 50;
@@ -57,8 +59,6 @@ const SSL_CTRL_GET_CHAIN_CERTS = 115;
 /** The answer must be valid for the next minute (stunnel's leeway); 30 s for a staple. */
 const LEEWAY_SECONDS = 60n;
 const STAPLE_LEEWAY_SECONDS = 30;
-
-type Log = (level: number, message: string) => void;
 
 /** The options that decide how a service checks and staples. */
 export type OcspOptions = Pick<
@@ -241,14 +241,11 @@ interface Answer {
 
 class Timeout extends Error {}
 
-/** Races `promise` against `seconds`; the loser is ignored (and never left unhandled). */
-function within<T>(promise: Promise<T>, seconds: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Timeout()), seconds * 1000);
+/** `work`, or a Timeout after `seconds`. */
+function within<T>(work: Promise<T>, seconds: number): Promise<T> {
+  return withTimeout(work, seconds * 1000, () => {
+    throw new Timeout();
   });
-  promise.catch(() => {});
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 interface ParsedUrl {
@@ -302,25 +299,15 @@ async function exchange(q: Query, request: Ptr): Promise<Ptr> {
     );
     return null;
   }
-  let address: string;
+  let target: Address;
   try {
-    address = (await lookup(url.host)).address;
+    [target] = await resolveAddress({ kind: "tcp", host: url.host, port: Number(url.port) });
   } catch {
     log(3, "OCSP: Failed to resolve the OCSP responder address");
     return null;
   }
-  const port = Number(url.port);
-  const label = formatAddress({ kind: "tcp", host: address, port });
-  log(6, `s_connect: connecting ${label}`);
-  let conn: Deno.TcpConn;
-  try {
-    conn = await within(Deno.connect({ hostname: address, port }), q.timeoutConnect);
-  } catch (e) {
-    const reason = e instanceof Timeout ? "TIMEOUTconnect exceeded" : osErrorText(e);
-    log(3, `s_connect: connect ${label}: ${reason}`);
-    return null;
-  }
-  log(5, `s_connect: connected ${label}`);
+  const conn = await connect(target, { timeoutSeconds: q.timeoutConnect }, log);
+  if (!conn) return null;
   log(7, `OCSP: Connected ${url.host}:${url.port}`);
   try {
     return await converse(q, conn, url, request);
@@ -334,7 +321,7 @@ async function exchange(q: Query, request: Ptr): Promise<Ptr> {
 }
 
 /** OpenSSL's HTTP client over memory BIOs; the socket moves the bytes. */
-async function converse(q: Query, conn: Deno.TcpConn, url: ParsedUrl, request: Ptr): Promise<Ptr> {
+async function converse(q: Query, conn: Conn, url: ParsedUrl, request: Ptr): Promise<Ptr> {
   const { crypto } = lib();
   const { log } = q;
   const wbio = crypto.BIO_new(crypto.BIO_s_mem());
@@ -407,7 +394,7 @@ async function converse(q: Query, conn: Deno.TcpConn, url: ParsedUrl, request: P
 }
 
 /** Sends what OpenSSL queued for the responder; returns the byte count. */
-async function flush(wbio: Ptr, conn: Deno.TcpConn, timeoutBusy: number): Promise<number> {
+async function flush(wbio: Ptr, conn: Conn, timeoutBusy: number): Promise<number> {
   const { crypto } = lib();
   const pending = Number(crypto.BIO_ctrl(wbio, BIO_CTRL_PENDING, 0n, null));
   if (pending <= 0) return 0;

@@ -16,7 +16,10 @@
  * The callbacks are one per thread and never closed (an SSL_CTX freed by a reload still calls
  * them for its cached sessions); they find the service's cache by the SSL_CTX.
  */
-import { errnoText, lib, type Ptr } from "../sys/ffi.ts";
+import { lib, type Ptr } from "../sys/ffi.ts";
+import { errnoText } from "../sys/oserror.ts";
+import { getaddrinfoSync } from "../sys/resolve.ts";
+import { AF_INET, inetSockAddr } from "../sys/sockfd.ts";
 import {
   connectionOf,
   type ContextHandle,
@@ -37,7 +40,6 @@ const MAX_VALUE_LENGTH = 512;
 const MAX_TIMEOUT = 64800;
 const RECEIVE_TIMEOUT_US = 200_000;
 
-const AF_INET = 2;
 const SOCK_DGRAM = 2;
 const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20;
@@ -69,36 +71,13 @@ export function configureSessiond(context: ContextHandle, address: Address, log:
 
 /** An IPv4 sockaddr_in for `host` (an address or a name, resolved now as stunnel does). */
 function socketAddress(host: string, port: number): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(16);
-  const view = new DataView(out.buffer);
-  view.setUint16(0, AF_INET, true);
-  view.setUint16(2, port, false);
-  out.set(resolveIPv4(host), 4);
-  return out;
-}
-
-function resolveIPv4(host: string): Uint8Array {
-  const literal = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
-  if (literal) return new Uint8Array(literal.slice(1).map(Number));
-  const { libc } = lib();
-  // struct addrinfo hints: ai_flags, ai_family = AF_INET, ai_socktype = SOCK_DGRAM.
-  const hints = new Uint8Array(48);
-  new DataView(hints.buffer).setInt32(4, AF_INET, true);
-  new DataView(hints.buffer).setInt32(8, SOCK_DGRAM, true);
-  const result = new BigUint64Array(1);
-  const name = new TextEncoder().encode(`${host}\0`);
-  if (libc.getaddrinfo(name, null, hints, new Uint8Array(result.buffer)) !== 0) {
+  let ip: string;
+  try {
+    [ip] = getaddrinfoSync(host, { family: AF_INET });
+  } catch {
     throw new Error(`sessiond: cannot resolve ${host}`);
   }
-  const list = Deno.UnsafePointer.create(result[0]);
-  try {
-    // ai_addr (a sockaddr_in, as asked) is at offset 24 of the first entry.
-    const addr = new Deno.UnsafePointerView(list!).getPointer(24);
-    if (addr === null) throw new Error(`sessiond: cannot resolve ${host}`);
-    return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(addr, 4, 4).slice(0));
-  } finally {
-    libc.freeaddrinfo(list);
-  }
+  return inetSockAddr(ip, port)!.bytes;
 }
 
 function hex(bytes: Uint8Array): string {
