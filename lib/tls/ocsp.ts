@@ -405,99 +405,134 @@ async function flush(wbio: Ptr, conn: Conn, timeoutBusy: number): Promise<number
   return n;
 }
 
+const UNKNOWN: Readonly<Answer> = { status: V_OCSP_CERTSTATUS_UNKNOWN };
+
 /** stunnel's ocsp_request(): asks one responder about one certificate. */
 async function ask(q: Query): Promise<Answer> {
+  const request = newRequest(q);
+  if (request === null) return UNKNOWN;
   const { crypto } = lib();
-  const { log } = q;
-  const unknown: Answer = { status: V_OCSP_CERTSTATUS_UNKNOWN };
-  const request = crypto.OCSP_REQUEST_new();
-  if (request === null) {
-    sslError(log, "OCSP: OCSP_REQUEST_new");
-    return unknown;
-  }
   let response: Ptr = null;
   let basic: Ptr = null;
   try {
-    const id = crypto.OCSP_CERTID_dup(q.certId);
-    if (crypto.OCSP_request_add0_id(request, id) === null) {
-      if (id !== null) crypto.OCSP_CERTID_free(id);
-      sslError(log, "OCSP: OCSP_request_add0_id");
-      return unknown;
-    }
-    if (q.nonce) crypto.OCSP_request_add1_nonce(request, null, -1);
     response = await exchange(q, request);
-    if (response === null) return unknown;
-    const responseStatus = crypto.OCSP_response_status(response);
-    if (responseStatus !== OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-      const text = readCString(crypto.OCSP_response_status_str(BigInt(responseStatus)));
-      log(3, `OCSP: Responder error: ${responseStatus}: ${text}`);
-      return unknown;
-    }
-    basic = crypto.OCSP_response_get1_basic(response);
-    if (basic === null) {
-      sslError(log, "OCSP: OCSP_response_get1_basic");
-      return unknown;
-    }
-    if (q.nonce && crypto.OCSP_check_nonce(request, basic) <= 0) {
-      drainErrors();
-      log(3, "OCSP: Invalid or unsupported nonce");
-      return unknown;
-    }
-    if (crypto.OCSP_basic_verify(basic, q.chain.stack, q.store, q.flags) <= 0) {
-      sslError(log, "OCSP: OCSP_basic_verify");
-      return unknown;
-    }
-    const status = intOut();
-    const reason = intOut();
-    const revokedAt = ptrOut();
-    const thisUpdate = ptrOut();
-    const nextUpdate = ptrOut();
-    if (
-      crypto.OCSP_resp_find_status(
-        basic,
-        q.certId,
-        status.bytes,
-        reason.bytes,
-        revokedAt.bytes,
-        thisUpdate.bytes,
-        nextUpdate.bytes,
-      ) !== 1
-    ) {
-      sslError(log, "OCSP: OCSP_resp_find_status");
-      return unknown;
-    }
-    log(6, `OCSP: Status: ${readCString(crypto.OCSP_cert_status_str(BigInt(status.get())))}`);
-    if (thisUpdate.get() !== null) log(6, `OCSP: This update: ${timeText(thisUpdate.get())}`);
-    if (nextUpdate.get() !== null) log(6, `OCSP: Next update: ${timeText(nextUpdate.get())}`);
-    if (
-      crypto.OCSP_check_validity(thisUpdate.get(), nextUpdate.get(), q.leewaySeconds, -1n) !== 1
-    ) {
-      sslError(log, "OCSP: OCSP_check_validity");
-      return unknown;
-    }
-    switch (status.get()) {
-      case V_OCSP_CERTSTATUS_GOOD:
-        log(5, "OCSP: Certificate accepted");
-        break;
-      case V_OCSP_CERTSTATUS_REVOKED: {
-        const why = reason.get();
-        if (why === -1) log(3, "OCSP: Certificate revoked");
-        else {
-          const text = readCString(crypto.OCSP_crl_reason_str(BigInt(why)));
-          log(3, `OCSP: Certificate revoked: ${why}: ${text}`);
-        }
-        if (revokedAt.get() !== null) log(5, `OCSP: Revoked at: ${timeText(revokedAt.get())}`);
-        break;
-      }
-      default:
-        log(4, "OCSP: Unknown verification status");
-    }
-    return { status: status.get(), der: encode(response), nextUpdateMs: msUntil(nextUpdate.get()) };
+    if (response === null) return UNKNOWN;
+    basic = verifiedBasic(q, request, response);
+    if (basic === null) return UNKNOWN;
+    const found = certStatus(q, basic);
+    if (found === undefined) return UNKNOWN;
+    return { ...found, der: encode(response) };
   } finally {
     if (basic !== null) crypto.OCSP_BASICRESP_free(basic);
     if (response !== null) crypto.OCSP_RESPONSE_free(response);
     crypto.OCSP_REQUEST_free(request);
     drainErrors();
+  }
+}
+
+/** The request about `q.certId`, with a nonce if configured; null after logging why not. */
+function newRequest(q: Query): Ptr {
+  const { crypto } = lib();
+  const request = crypto.OCSP_REQUEST_new();
+  if (request === null) {
+    sslError(q.log, "OCSP: OCSP_REQUEST_new");
+    return null;
+  }
+  const id = crypto.OCSP_CERTID_dup(q.certId);
+  if (crypto.OCSP_request_add0_id(request, id) === null) {
+    if (id !== null) crypto.OCSP_CERTID_free(id);
+    sslError(q.log, "OCSP: OCSP_request_add0_id");
+    crypto.OCSP_REQUEST_free(request);
+    return null;
+  }
+  if (q.nonce) crypto.OCSP_request_add1_nonce(request, null, -1);
+  return request;
+}
+
+/**
+ * The basic response of a successful answer to `request`, signed by a responder the chain and
+ * the trust store vouch for (the caller frees it); null after logging why not.
+ */
+function verifiedBasic(q: Query, request: Ptr, response: Ptr): Ptr {
+  const { crypto } = lib();
+  const { log } = q;
+  const responseStatus = crypto.OCSP_response_status(response);
+  if (responseStatus !== OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+    const text = readCString(crypto.OCSP_response_status_str(BigInt(responseStatus)));
+    log(3, `OCSP: Responder error: ${responseStatus}: ${text}`);
+    return null;
+  }
+  const basic = crypto.OCSP_response_get1_basic(response);
+  if (basic === null) {
+    sslError(log, "OCSP: OCSP_response_get1_basic");
+    return null;
+  }
+  if (q.nonce && crypto.OCSP_check_nonce(request, basic) <= 0) {
+    drainErrors();
+    log(3, "OCSP: Invalid or unsupported nonce");
+  } else if (crypto.OCSP_basic_verify(basic, q.chain.stack, q.store, q.flags) <= 0) {
+    sslError(log, "OCSP: OCSP_basic_verify");
+  } else {
+    return basic;
+  }
+  crypto.OCSP_BASICRESP_free(basic);
+  return null;
+}
+
+/**
+ * The status of `q.certId` in a verified basic response, logged as stunnel logs it; undefined
+ * (logged) when the response does not name the certificate or is not valid now.
+ */
+function certStatus(q: Query, basic: Ptr): { status: number; nextUpdateMs?: number } | undefined {
+  const { crypto } = lib();
+  const { log } = q;
+  const status = intOut();
+  const reason = intOut();
+  const revokedAt = ptrOut();
+  const thisUpdate = ptrOut();
+  const nextUpdate = ptrOut();
+  if (
+    crypto.OCSP_resp_find_status(
+      basic,
+      q.certId,
+      status.bytes,
+      reason.bytes,
+      revokedAt.bytes,
+      thisUpdate.bytes,
+      nextUpdate.bytes,
+    ) !== 1
+  ) {
+    sslError(log, "OCSP: OCSP_resp_find_status");
+    return undefined;
+  }
+  log(6, `OCSP: Status: ${readCString(crypto.OCSP_cert_status_str(BigInt(status.get())))}`);
+  if (thisUpdate.get() !== null) log(6, `OCSP: This update: ${timeText(thisUpdate.get())}`);
+  if (nextUpdate.get() !== null) log(6, `OCSP: Next update: ${timeText(nextUpdate.get())}`);
+  if (crypto.OCSP_check_validity(thisUpdate.get(), nextUpdate.get(), q.leewaySeconds, -1n) !== 1) {
+    sslError(log, "OCSP: OCSP_check_validity");
+    return undefined;
+  }
+  logVerdict(log, status.get(), reason.get(), revokedAt.get());
+  return { status: status.get(), nextUpdateMs: msUntil(nextUpdate.get()) };
+}
+
+/** stunnel's lines for a certificate's status: accepted, revoked (why, when) or unknown. */
+function logVerdict(log: Log, status: number, reason: number, revokedAt: Ptr): void {
+  switch (status) {
+    case V_OCSP_CERTSTATUS_GOOD:
+      log(5, "OCSP: Certificate accepted");
+      break;
+    case V_OCSP_CERTSTATUS_REVOKED: {
+      if (reason === -1) log(3, "OCSP: Certificate revoked");
+      else {
+        const text = readCString(lib().crypto.OCSP_crl_reason_str(BigInt(reason)));
+        log(3, `OCSP: Certificate revoked: ${reason}: ${text}`);
+      }
+      if (revokedAt !== null) log(5, `OCSP: Revoked at: ${timeText(revokedAt)}`);
+      break;
+    }
+    default:
+      log(4, "OCSP: Unknown verification status");
   }
 }
 
