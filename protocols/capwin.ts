@@ -14,12 +14,13 @@
  *   22-byte success response (long-form lengths, as Active Directory writes it) is accepted.
  *   Success: connect the backend, send `BINGO`, transfer. Failure: send `FAILED` and close.
  */
-import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
-import { formatAddress, parseAddress } from "../lib/config/address.ts";
+import { parseAddress } from "../lib/config/address.ts";
 import type { Logger } from "../lib/sys/log.ts";
 import { osErrorText } from "../lib/sys/oserror.ts";
+import { withTimeout } from "../lib/sys/timeout.ts";
 import type { Address, ServiceOptions } from "../lib/config/types.ts";
+import type { Conn } from "../lib/net/conn.ts";
+import { connect, resolveAddress } from "../lib/net/connect.ts";
 import { type Channel, type Protocol, ProtocolError } from "./channel.ts";
 
 /** Field and record separators of the credentials (ASCII US and FS). */
@@ -34,12 +35,6 @@ const BIND_SUCCESS = Uint8Array.from(
   "30 84 00 00 00 10 02 01 01 61 84 00 00 00 07 0a 01 00 04 00 04 00".split(" "),
   (h) => parseInt(h, 16),
 );
-/** getaddrinfo's words for node's error codes, as stunnel logs them. */
-const GAI_ERRORS: Record<string, string> = {
-  ENOTFOUND: "Neither nodename nor servname known (EAI_NONAME)",
-  EAI_AGAIN: "Temporary failure in name resolution (EAI_AGAIN)",
-  EAI_FAIL: "Non-recoverable failure in name resolution (EAI_FAIL)",
-};
 /** DN special characters stunnel escapes with a backslash in the user name. */
 const DN_SPECIAL = new Set([...'+;,\\"<>#'].map((c) => c.charCodeAt(0)));
 
@@ -162,43 +157,23 @@ function bindRequest(dn: Uint8Array, password: Uint8Array): Uint8Array<ArrayBuff
   );
 }
 
-/** A read that gives up after `ms` (stunnel's TIMEOUTbusy). */
-async function readExact(conn: Deno.Conn, n: number, ms: number, log: Logger): Promise<Uint8Array> {
+/** Exactly `n` bytes (stunnel's s_read). */
+async function readExact(conn: Conn, n: number, log: Logger): Promise<Uint8Array> {
   const out = new Uint8Array(n);
-  let got = 0;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  for (let got = 0; got < n;) {
+    let r: number | null;
     try {
-      conn.close();
-    } catch {
-      // closed already
+      r = await conn.read(out.subarray(got));
+    } catch (e) {
+      throw new ProtocolError(`s_read_eof: readsocket: ${osErrorText(e)}`);
     }
-  }, ms);
-  try {
-    while (got < n) {
-      const chunk = new Uint8Array(n - got);
-      let r: number | null;
-      try {
-        r = await conn.read(chunk);
-      } catch (e) {
-        if (timedOut) {
-          log(6, "s_read_eof: s_poll_wait: TIMEOUTbusy exceeded: sending reset");
-          throw new ProtocolError("");
-        }
-        throw new ProtocolError(`s_read_eof: readsocket: ${osErrorText(e)}`);
-      }
-      if (r === null) {
-        log(7, "s_read_eof: EOF");
-        throw new ProtocolError("s_read: Unexpected socket close");
-      }
-      out.set(chunk.subarray(0, r), got);
-      got += r;
+    if (r === null) {
+      log(7, "s_read_eof: EOF");
+      throw new ProtocolError("s_read: Unexpected socket close");
     }
-    return out;
-  } finally {
-    clearTimeout(timer);
+    got += r;
   }
+  return out;
 }
 
 /**
@@ -222,50 +197,36 @@ async function ldapBind(
     log(3, "LDAP: Failed to resolve protocolHost");
     return false;
   }
-  if (address.kind === "tcp" && !isIP(address.host)) {
-    try {
-      address = { ...address, host: (await lookup(address.host)).address };
-    } catch (e) {
-      const code = (e as { code?: string }).code ?? "";
-      log(3, `Error resolving "${address.host}": ${GAI_ERRORS[code] ?? (e as Error).message}`);
-      log(3, "LDAP: Failed to resolve protocolHost");
-      return false;
-    }
-  }
-  const label = formatAddress(address);
-  log(7, "LDAP: Connecting the server");
-  log(6, `s_connect: connecting ${label}`);
-  let conn: Deno.Conn;
+  let target: Address;
   try {
-    const signal = AbortSignal.timeout(opts.TIMEOUTconnect * 1000);
-    conn = address.kind === "unix"
-      ? await Deno.connect({ transport: "unix", path: address.path })
-      : await Deno.connect({
-        transport: "tcp",
-        hostname: address.host,
-        port: address.port,
-        signal,
-      });
+    [target] = await resolveAddress(address);
   } catch (e) {
-    const reason = e instanceof DOMException && e.name === "TimeoutError"
-      ? "TIMEOUTconnect exceeded"
-      : osErrorText(e);
-    log(3, `s_connect: connect ${label}: ${reason}`);
+    log(3, (e as Error).message);
+    log(3, "LDAP: Failed to resolve protocolHost");
     return false;
   }
-  log(address.kind === "unix" ? 6 : 5, `s_connect: connected ${label}`);
+  log(7, "LDAP: Connecting the server");
+  const conn = await connect(target, { timeoutSeconds: opts.TIMEOUTconnect }, log);
+  if (!conn) return false;
   try {
     log(7, "LDAP: Sending BindRequest");
     const request = bindRequest(dn, password);
     for (let at = 0; at < request.length;) at += await conn.write(request.subarray(at));
     log(7, "LDAP: Waiting for BindResponse");
-    const response = await readExact(conn, BIND_SUCCESS.length, opts.TIMEOUTbusy * 1000, log);
+    const response = await withTimeout(
+      readExact(conn, BIND_SUCCESS.length, log),
+      opts.TIMEOUTbusy * 1000,
+      () => {
+        log(6, "s_read_eof: s_poll_wait: TIMEOUTbusy exceeded: sending reset");
+        throw new ProtocolError("");
+      },
+    );
     return equal(response, BIND_SUCCESS);
   } finally {
     try {
       conn.close();
     } catch {
-      // closed by the timeout
+      // closed already
     }
   }
 }

@@ -1,5 +1,7 @@
 /** What protocol negotiations are made of: the channel they talk through and their shape. */
 import type { Logger } from "../lib/sys/log.ts";
+import { withTimeout } from "../lib/sys/timeout.ts";
+import type { Conn } from "../lib/net/conn.ts";
 import type { Address, ServiceOptions } from "../lib/config/types.ts";
 import type { ProtocolName } from "../lib/config/protocols.ts";
 
@@ -67,14 +69,7 @@ export class Channel {
   /** Whether the peer sends anything within `ms` (stunnel's RFC 2487/2595 detection). */
   async dataWithin(ms: number): Promise<boolean> {
     if (this.buf.length > 0 || this.eof) return true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
-    try {
-      const got = await Promise.race([this.fill().then(() => true), timeout]);
-      return got;
-    } finally {
-      clearTimeout(timer);
-    }
+    return await withTimeout(this.fill().then(() => true), ms, () => false);
   }
 
   /** One line without its CR LF (stunnel's fd_getline/ssl_getline). */
@@ -157,7 +152,7 @@ export interface NegotiationContext {
   /** The TLS side after the handshake (the local socket in server mode, else the remote). */
   tls?: Channel;
   /** The accepted socket, for its addresses. */
-  localConn: Deno.Conn;
+  localConn: Conn;
   /** Connect to these addresses instead of `connect` (socks). */
   setTargets(targets: Address[]): void;
 }

@@ -14,11 +14,13 @@
  * extension (command 0xf0) is answered. stunnel refuses only 127.0.0.0/8 and ::1; 0.0.0.0, ::
  * and the IPv4-mapped forms reach the loopback as well, and are refused too.
  */
-import { lookup } from "node:dns/promises";
 import { isIPv4 } from "node:net";
-import { errnoText, lib } from "../lib/sys/ffi.ts";
+import { lib } from "../lib/sys/ffi.ts";
+import { errnoText } from "../lib/sys/oserror.ts";
+import { getaddrinfo } from "../lib/sys/resolve.ts";
 import { findConnFd } from "../lib/sys/sockfd.ts";
 import type { Address } from "../lib/config/types.ts";
+import type { Conn } from "../lib/net/conn.ts";
 import { type Channel, type NegotiationContext, type Protocol, ProtocolError } from "./channel.ts";
 
 const hex2 = (n: number) => `0x${n.toString(16).padStart(2, "0")}`;
@@ -67,7 +69,8 @@ function ipv6Bytes(text: string): number[] {
 /** All the addresses of `host` (stunnel's hostport2addrlist); empty when it does not resolve. */
 async function resolveAll(host: string): Promise<{ address: string; family: number }[]> {
   try {
-    return await lookup(host, { all: true });
+    const hosts = await getaddrinfo(host);
+    return hosts.map((address) => ({ address, family: address.includes(":") ? 6 : 4 }));
   } catch {
     return [];
   }
@@ -235,7 +238,7 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 
 /** The SOCKS 5 address (ATYP, address, port) of the original destination of `conn`. */
-function originalDst(conn: Deno.Conn): number[] {
+function originalDst(conn: Conn): number[] {
   const fd = conn.localAddr.transport === "tcp" ? findConnFd(conn) : undefined;
   if (fd === undefined) {
     throw new ProtocolError(

@@ -308,11 +308,15 @@ e2e(
 // ident
 
 /**
- * An IDENT server stand-in on 127.0.0.1:113 answering each query with `answer(query)`: null
- * hangs up at once, "" keeps the connection open without an answer.
+ * An IDENT server stand-in on port 113 of `hostname` answering each query with
+ * `answer(query)`: null hangs up at once, "" keeps the connection open without an answer.
  */
-function identd(scope: Scope, answer: (query: string) => string | null): { queries: string[] } {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 113 });
+function identd(
+  scope: Scope,
+  answer: (query: string) => string | null,
+  hostname = "127.0.0.1",
+): { queries: string[] } {
+  const listener = Deno.listen({ hostname, port: 113 });
   const queries: string[] = [];
   scope.defer(() => listener.close());
   (async () => {
@@ -370,6 +374,28 @@ e2e("ident: only the configured user gets through", {}, async (s) => {
   );
   await proxy.waitForLog(/Connection reset: 0 byte\(s\) sent to TLS, 0 byte\(s\) sent to socket/);
   assertEquals(backend.connections, 1);
+});
+
+e2e("ident: an IPv6 client's IDENT server is asked at its address", {}, async (s) => {
+  const backend = echoServer();
+  const ident = identd(s, userid("alice"), "::1");
+  const free = Deno.listen({ hostname: "::1", port: 0 });
+  const port = (free.addr as Deno.NetAddr).port;
+  free.close();
+  const pki = await pkiPromise;
+  const proxy = await startProxy(
+    GLOBALS + `[ident6]\naccept = ::1:${port}\nconnect = 127.0.0.1:${backend.port}\n` +
+      `ident = alice\ncert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+  );
+  // The check comes before the handshake: a plain connection is enough.
+  const conn = await Deno.connect({ hostname: "::1", port });
+  s.defer(() => conn.close());
+  await proxy.waitForLog(/IDENT authentication passed/);
+  const client = (conn.localAddr as Deno.NetAddr).port;
+  assertEquals(ident.queries, [`${client} , ${port}\r\n`]);
+  // stunnel's s_ntop(): an IPv6 address without brackets.
+  await proxy.waitForLog(/LOG6\[[^\]]+\]: s_connect: connecting ::1:113$/m);
+  await proxy.waitForLog(/LOG5\[[^\]]+\]: s_connect: connected ::1:113$/m);
 });
 
 e2e("ident: a malformed answer, an error answer or no IDENT server refuse", {}, async (s) => {

@@ -30,6 +30,7 @@ import {
   startProxy,
   tcpConnect,
   tlsConnect,
+  unansweredPort,
   waitClosed,
   waitForPort,
   writeAll,
@@ -344,6 +345,29 @@ e2e("capwin server mode: protocolHost may be a Unix socket", {}, async (s) => {
   tls.close();
   assertEquals(ldap.requests, [bindRequest("uid=bob,ou=people,O=CAPWIN,C=US", "pw")]);
   await proxy.waitForLog(/LOG5\[[^\]]*\]: CapWIN: Authentication succeeded/);
+});
+
+e2e("capwin server mode: an LDAP server that does not answer the connect: TIMEOUTconnect", {
+  timeoutMs: 30_000,
+}, async () => {
+  const pki = await makePki();
+  const silent = await unansweredPort();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    serverConf(pki, port, echo.port, `127.0.0.1:${silent}`, "TIMEOUTconnect = 1\n"),
+  );
+  const tls = await tlsConnect(port, pki.caPem);
+  await writeAll(tls, encode("\x1fbob\x1fpw\x1f\x1c"));
+  await expectEnd(tls, "FAILED");
+  await proxy.waitForLog(
+    new RegExp(
+      `LOG3\\[[^\\]]*\\]: s_connect: s_poll_wait 127\\.0\\.0\\.1:${silent}: ` +
+        "TIMEOUTconnect exceeded",
+    ),
+  );
+  await proxy.waitForLog(/LOG3\[[^\]]*\]: CapWIN: Authentication failed/);
+  assertEquals(echo.connections, 0);
 });
 
 e2e("capwin server mode, hostile peers: refusals answer FAILED, garbage ends the connection", {

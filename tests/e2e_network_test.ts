@@ -32,6 +32,7 @@ import {
   tcpConnect,
   tcpServer,
   tlsConnect,
+  unansweredPort,
   waitClosed,
   waitForPort,
   withTimeout,
@@ -146,6 +147,25 @@ e2e("failover = prio (default) uses the first address until it fails", {}, async
     new RegExp(
       `LOG3\\[[^\\]]+\\]: s_connect: connect 127\\.0\\.0\\.1:${a.port}: ` +
         `Connection refused \\(111\\)`,
+    ),
+  );
+  await proxy.waitForLog(new RegExp(`s_connect: connected 127\\.0\\.0\\.1:${b.port}`));
+});
+
+e2e("TIMEOUTconnect: an address that does not answer is given up for the next", {}, async () => {
+  const silent = await unansweredPort();
+  const b = echoServer({ greeting: "B\n" });
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    GLOBALS + `[slow]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${silent}\n` +
+      `connect = 127.0.0.1:${b.port}\nTIMEOUTconnect = 1\n${await serverCertLines()}`,
+  );
+  assertEquals(await greetingVia(port), "B\n");
+  await proxy.waitForLog(
+    new RegExp(
+      `LOG3\\[[^\\]]+\\]: s_connect: s_poll_wait 127\\.0\\.0\\.1:${silent}: ` +
+        "TIMEOUTconnect exceeded$",
+      "m",
     ),
   );
   await proxy.waitForLog(new RegExp(`s_connect: connected 127\\.0\\.0\\.1:${b.port}`));

@@ -31,6 +31,7 @@ import {
   startProxy,
   tcpConnect,
   tlsConnect,
+  unansweredPort,
   writeAll,
 } from "./helpers.ts";
 import {
@@ -311,6 +312,29 @@ e2e("server mode: no answer is a refusal (down, HTTP error, hanging, unknown cer
   assertEquals(await tlsOutcome(p4, pki, unlisted), "refused");
   await proxy.waitForLog(/OCSP: Status: unknown/);
   await proxy.waitForLog(/Rejected by OCSP at depth=0: CN=unlisted/);
+  assertEquals(echo.connections, 0);
+});
+
+e2e("server mode: a responder that does not answer the connect: TIMEOUTconnect", {}, async () => {
+  const pki = await makePki();
+  const silent = await unansweredPort();
+  const [port] = freePorts(1);
+  const echo = echoServer();
+  const proxy = await startProxy(
+    GLOBALS +
+      serverService(
+        "silent",
+        port,
+        echo.port,
+        pki,
+        `OCSP = http://127.0.0.1:${silent}/ocsp\nTIMEOUTconnect = 1`,
+      ),
+  );
+  assertEquals(await tlsOutcome(port, pki, pki.client), "refused");
+  await proxy.waitForLog(
+    new RegExp(`s_connect: s_poll_wait 127\\.0\\.0\\.1:${silent}: TIMEOUTconnect exceeded`),
+  );
+  await proxy.waitForLog(/Rejected by OCSP at depth=0: CN=client/);
   assertEquals(echo.connections, 0);
 });
 

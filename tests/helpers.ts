@@ -473,6 +473,40 @@ export async function waitForPortClosed(port: number, timeoutMs = 10_000): Promi
   await pollUntil(async () => !(await isListening(port)), timeoutMs, `port ${port} to close`);
 }
 
+/**
+ * A port on 127.0.0.1 where connects hang until the connecting side gives up (TIMEOUTconnect):
+ * a listener with a backlog of 0 (Deno's listeners cannot have one, hence libc) whose one queue
+ * slot is taken by a connection nobody accepts, so that the kernel drops every later SYN.
+ */
+export async function unansweredPort(): Promise<number> {
+  const libc = Deno.dlopen("libc.so.6", {
+    socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+    listen: { parameters: ["i32", "i32"], result: "i32" },
+    getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  const { socket, bind, listen, getsockname, close } = libc.symbols;
+  // struct sockaddr_in for 127.0.0.1, port 0 (AF_INET, SOCK_STREAM | SOCK_CLOEXEC).
+  const addr = new Uint8Array([2, 0, 0, 0, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+  const len = new Uint32Array([addr.length]);
+  const fd = socket(2, 1 | 0o2000000, 0);
+  register(() => {
+    close(fd);
+    libc.close();
+  });
+  if (
+    fd < 0 || bind(fd, addr, addr.length) !== 0 || listen(fd, 0) !== 0 ||
+    getsockname(fd, addr, new Uint8Array(len.buffer)) !== 0
+  ) {
+    throw new Error("unansweredPort: no listener");
+  }
+  const port = (addr[2] << 8) | addr[3];
+  const filler = await Deno.connect({ hostname: "127.0.0.1", port });
+  register(() => filler.close());
+  return port;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Subprocesses
 

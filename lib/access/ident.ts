@@ -7,6 +7,9 @@
  */
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { withTimeout } from "../sys/timeout.ts";
+import type { Conn } from "../net/conn.ts";
+import { connect } from "../net/connect.ts";
 import { AccessDenied } from "./denied.ts";
 
 const DEFAULT_AUTH_PORT = 113;
@@ -35,7 +38,7 @@ function refuse(): never {
 }
 
 /** Reads one line as fd_getline(): CRs dropped, ends at LF or NUL. */
-async function readLine(conn: Deno.Conn, log: Logger): Promise<string> {
+async function readLine(conn: Conn, log: Logger): Promise<string> {
   const bytes: number[] = [];
   const buf = new Uint8Array(1);
   for (;;) {
@@ -55,26 +58,6 @@ async function readLine(conn: Deno.Conn, log: Logger): Promise<string> {
     bytes.push(c);
   }
   return new TextDecoder().decode(new Uint8Array(bytes));
-}
-
-/** Rejects after `seconds` with `line` logged, unless `work` settles first. */
-async function bounded<T>(
-  work: Promise<T>,
-  seconds: number,
-  onTimeout: () => void,
-): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new AccessDenied("ident"));
-    }, seconds * 1000);
-  });
-  try {
-    return await Promise.race([work, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 export interface IdentCheck {
@@ -103,34 +86,22 @@ export async function identAuth(check: IdentCheck, log: Logger): Promise<void> {
   }
   const accepted = `${peer.hostname}:${peer.port}`;
   const host = peer.hostname.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1");
-  const target = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-  log(6, `s_connect: connecting ${target}`);
-  let conn: Deno.Conn;
-  const connecting = Deno.connect({ hostname: host, port });
-  try {
-    conn = await bounded(connecting, check.TIMEOUTconnect, () => {
-      log(3, `s_connect: s_poll_wait ${target}: TIMEOUTconnect exceeded`);
-      connecting.then((c) => c.close(), () => {});
-    });
-  } catch (e) {
-    if (!(e instanceof AccessDenied)) log(3, `s_connect: connect ${target}: ${osErrorText(e)}`);
-    refuse();
-  }
+  const conn = await connect(
+    { kind: "tcp", host, port },
+    { timeoutSeconds: check.TIMEOUTconnect },
+    log,
+  );
+  if (!conn) refuse();
   let line: string;
   try {
-    log(5, `s_connect: connected ${target}`);
     log(7, "IDENT server connected");
     const query = `${peer.port} , ${local.port}`;
     const out = new TextEncoder().encode(`${query}\r\n`);
     for (let off = 0; off < out.length;) off += await conn.write(out.subarray(off));
     log(7, ` -> ${query}`);
-    line = await bounded(readLine(conn, log), check.TIMEOUTbusy, () => {
+    line = await withTimeout(readLine(conn, log), check.TIMEOUTbusy * 1000, () => {
       log(6, "s_read_eof: s_poll_wait: TIMEOUTbusy exceeded: sending reset");
-      try {
-        conn!.close();
-      } catch {
-        // already closed
-      }
+      refuse();
     });
     log(7, ` <- ${line}`);
   } catch (e) {
@@ -140,7 +111,7 @@ export async function identAuth(check: IdentCheck, log: Logger): Promise<void> {
     try {
       conn.close();
     } catch {
-      // closed by a timeout
+      // closed already
     }
   }
   // "PORTS : USERID : SYSTEM : USER", parsed as stunnel does (the type field is exact).

@@ -10,6 +10,7 @@
 import dns from "node:dns";
 import { cstr, libwrap } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
+import { getaddrinfo } from "../sys/resolve.ts";
 import { AccessDenied } from "./denied.ts";
 
 /** tcpd.h STRING_UNKNOWN and STRING_PARANOID. */
@@ -62,11 +63,7 @@ async function clientName(address: string): Promise<string> {
     }
   });
   if (!name || name === address) return UNKNOWN;
-  const addresses = await new Promise<string[]>((resolve) => {
-    dns.lookup(name, { all: true }, (err, list) => {
-      resolve(err ? [] : (list as dns.LookupAddress[]).map((a) => a.address));
-    });
-  });
+  const addresses = await getaddrinfo(name).catch((): string[] => []);
   return addresses.includes(address) ? name : PARANOID;
 }
 

@@ -342,7 +342,8 @@ const localHost: Kind<string> = {
     try {
       return context.system.resolveHost(raw);
     } catch (why) {
-      throw new OptionError("Failed to resolve local address", [String(why)]);
+      const line = why instanceof Error ? why.message : String(why);
+      throw new OptionError("Failed to resolve local address", [line]);
     }
   },
 };

@@ -1,7 +1,7 @@
 /** stunnel.conf parser: text → Configuration, with stunnel's grammar and error messages. */
 
 import { libwrap } from "../sys/ffi.ts";
-import { resolveHostSync } from "../sys/sockfd.ts";
+import { getaddrinfoSync } from "../sys/resolve.ts";
 import { readPskSecrets } from "./psk_secrets.ts";
 import { osError } from "../sys/oserror.ts";
 import { lookupTcpService } from "./address.ts";
@@ -64,7 +64,7 @@ export function systemEnv(): ConfigEnv {
     userExists: (name) => databaseHas("/etc/passwd", name),
     groupExists: (name) => databaseHas("/etc/group", name),
     tcpService: (name) => lookupTcpService(name),
-    resolveHost: resolveHostSync,
+    resolveHost: (name) => getaddrinfoSync(name, { passive: true })[0],
     libwrapMissing() {
       try {
         libwrap();

@@ -5,7 +5,8 @@
  */
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
-import { type PtyConn, spawnPty } from "./pty.ts";
+import { spawnPty } from "./pty.ts";
+import { type Conn, UNNAMED } from "../net/conn.ts";
 import type { TlsConnection } from "../tls/core.ts";
 import { peerNames } from "../tls/verify.ts";
 import type { ServiceOptions } from "../config/types.ts";
@@ -38,17 +39,16 @@ export function execEnvironment(
 
 /**
  * A running child seen as a connected socket: reads come from its stdout, writes go to its
- * stdin; closeWrite() closes its stdin (EOF for the program). Only the members the pumps and
- * negotiations use are implemented.
+ * stdin; closeWrite() closes its stdin (EOF for the program).
  */
-export class ExecConn {
+class ExecConn implements Conn {
   private readonly reader: ReadableStreamDefaultReader<Uint8Array>;
   private readonly writer: WritableStreamDefaultWriter<Uint8Array>;
   private leftover: Uint8Array | null = null;
   private writeClosed = false;
   private closed = false;
-  readonly localAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
-  readonly remoteAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
+  readonly localAddr: Deno.Addr = UNNAMED;
+  readonly remoteAddr: Deno.Addr = UNNAMED;
 
   /** The child's stdout and stdin. */
   constructor(output: ReadableStream<Uint8Array>, input: WritableStream<Uint8Array>) {
@@ -101,7 +101,7 @@ export function spawnExec(
   opts: ServiceOptions,
   env: Record<string, string>,
   log: Logger,
-): ExecConn | PtyConn {
+): Conn {
   const path = opts.exec!;
   const argv = opts.execArgs && opts.execArgs.length > 0 ? opts.execArgs : [path];
   if (opts.pty) {

@@ -8,7 +8,9 @@
  * Deno's blocking thread pool. A closed connection therefore never leaves a thread waiting for
  * the program, and the descriptor is closed exactly once, after the last poll returned.
  */
-import { errno, errnoMessage, lib } from "../sys/ffi.ts";
+import { errno, lib } from "../sys/ffi.ts";
+import { errnoMessage } from "../sys/oserror.ts";
+import { type Conn, UNNAMED } from "../net/conn.ts";
 import type { Logger } from "../sys/log.ts";
 
 const O_RDWR = 0x2;
@@ -50,9 +52,9 @@ export function allocatePty(): { fd: number; name: string } {
  * has no half-close: closeWrite() closes it all, as stunnel closes a non-socket descriptor once
  * the TLS peer is done ("Closing the file descriptor"); the program then gets a hangup.
  */
-export class PtyConn {
-  readonly localAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
-  readonly remoteAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
+class PtyConn implements Conn {
+  readonly localAddr: Deno.Addr = UNNAMED;
+  readonly remoteAddr: Deno.Addr = UNNAMED;
   private closed = false;
   private fdClosed = false;
   /** poll() calls still running on the thread pool: the descriptor outlives them. */
@@ -153,7 +155,7 @@ export function spawnPty(
   argv: string[],
   env: Record<string, string>,
   log: Logger,
-): PtyConn {
+): Conn {
   const { fd, name } = allocatePty();
   log(7, `TTY=${name} allocated`);
   const program = argv[0] === path ? [path, ...argv.slice(1)] : [

@@ -2,11 +2,13 @@
  * The local socket of a connection (the one accepted): its `l:` socket options, and its original
  * destination for `transparent = destination`.
  */
-import { errnoText, lib } from "../sys/ffi.ts";
+import { lib } from "../sys/ffi.ts";
+import { errnoText } from "../sys/oserror.ts";
 import type { Logger } from "../sys/log.ts";
 import { decodeSockAddr, findConnFd } from "../sys/sockfd.ts";
 import { setOptions, type SocketOption } from "./sockopt.ts";
 import type { Address } from "../config/types.ts";
+import type { Conn } from "./conn.ts";
 
 const SOL_IP = 0;
 const SOL_IPV6 = 41;
@@ -20,7 +22,7 @@ const SO_ORIGINAL_DST = 80;
 export function applyLocalOptions(
   /** Every `l:` option of the service, and those the listener could not give the socket. */
   options: { all: readonly SocketOption[]; own: readonly SocketOption[] },
-  conn: Deno.Conn,
+  conn: Conn,
   log: Logger,
 ): void {
   if (conn.localAddr.transport !== "tcp" || conn.remoteAddr.transport !== "tcp") return;
@@ -43,7 +45,7 @@ export function applyLocalOptions(
 }
 
 /** getsockopt SO_ORIGINAL_DST of the accepted socket (IPv6 first, as stunnel asks). */
-export function originalDestination(conn: Deno.Conn): Address {
+export function originalDestination(conn: Conn): Address {
   const { libc } = lib();
   const fd = conn.localAddr.transport === "tcp" ? findConnFd(conn) : undefined;
   if (fd === undefined) {

@@ -3,12 +3,14 @@
  * client's own address with `transparent = source`, IP_TRANSPARENT), or with `r:` socket
  * options. The socket is made with libc (socket, setsockopt, bind, a non-blocking connect and a
  * poll() on a thread of its own, bounded by TIMEOUTconnect), logged as stunnel logs it, and then
- * handed to node:net, which reads and writes it on the event loop. NetConn gives it the part of
- * Deno.Conn that the pumps use.
+ * handed to node:net, which reads and writes it on the event loop, as a Conn.
  */
 import { Socket } from "node:net";
-import { errno, errnoMessage, lib, readCString } from "../sys/ffi.ts";
-import type { Logger } from "../sys/log.ts";
+import { errno, lib } from "../sys/ffi.ts";
+import type { Log } from "../sys/log.ts";
+import { denoErrorMessage, errnoMessage } from "../sys/oserror.ts";
+import type { Address } from "../config/types.ts";
+import { type Conn, UNNAMED } from "./conn.ts";
 import { lingerZero } from "./reset.ts";
 import {
   decodeSockAddr,
@@ -36,8 +38,7 @@ const POLLOUT = 4;
 function denoError(e: unknown): Error {
   const err = e as { errno?: number; code?: string; message?: string };
   const n = typeof err.errno === "number" ? Math.abs(err.errno) : 0;
-  const text = n ? readCString(lib().libc.strerror(n)) : err.message ?? String(e);
-  const message = n ? `${text} (os error ${n})` : text;
+  const message = n ? denoErrorMessage(n) : err.message ?? String(e);
   if (err.code === "ECONNRESET") return new Deno.errors.ConnectionReset(message);
   if (err.code === "EPIPE") return new Deno.errors.BrokenPipe(message);
   if (err.code === "ETIMEDOUT") return new Deno.errors.TimedOut(message);
@@ -48,11 +49,11 @@ function addrOf(call: "getsockname" | "getpeername", fd: number): Deno.Addr {
   const buf = new Uint8Array(128);
   const len = new Uint32Array([buf.length]);
   lib().libc[call](fd, buf, new Uint8Array(len.buffer));
-  return decodeSockAddr(buf, len[0]) ?? ({ transport: "unix", path: "" } as Deno.UnixAddr);
+  return decodeSockAddr(buf, len[0]) ?? UNNAMED;
 }
 
 /** A connected socket of ours, read and written through node:net. */
-export class NetConn {
+class NetConn implements Conn {
   readonly localAddr: Deno.Addr;
   readonly remoteAddr: Deno.Addr;
   private readonly socket: Socket;
@@ -63,7 +64,7 @@ export class NetConn {
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
 
-  constructor(readonly fd: number) {
+  constructor(private readonly fd: number) {
     this.localAddr = addrOf("getsockname", fd);
     this.remoteAddr = addrOf("getpeername", fd);
     this.socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
@@ -148,70 +149,54 @@ export class NetConn {
   }
 }
 
-/** What a connect attempt needs besides its target. */
-export interface ConnectSetup {
+/** What makes a remote socket ours instead of Deno's (connect.ts decides). */
+export interface OwnSocket {
   /** Source address (`local`, port 0) or the client's address (`transparent = source`). */
   bind?: { host: string; port: number };
   transparent: boolean;
   remoteOptions: readonly SocketOption[];
-  timeoutSeconds: number;
 }
 
-/** One connect attempt to a TCP target as stunnel's connect_init + s_connect. */
-export function connectTcp(
-  host: string,
-  port: number,
+/**
+ * One connect attempt through a socket of ours, as stunnel's connect_init + s_connect (logged
+ * in stunnel's order: bind, then connect); undefined when it failed (logged).
+ */
+export async function connectOwn(
+  target: Address,
   label: string,
-  setup: ConnectSetup,
-  log: Logger,
-): Promise<NetConn | undefined> {
-  const target = inetSockAddr(host, port);
-  if (!target) {
+  own: OwnSocket,
+  timeoutSeconds: number,
+  log: Log,
+): Promise<Conn | undefined> {
+  const to = target.kind === "unix"
+    ? unixSockAddr(target.path)
+    : inetSockAddr(target.host, target.port);
+  if (!to) {
     log(3, `s_connect: connect ${label}: not a numeric address`);
-    return Promise.resolve(undefined);
+    return undefined;
   }
-  return connectSocket(target, label, setup, log);
-}
-
-/** One connect attempt to a Unix socket (a source address cannot be bound there). */
-export function connectUnix(
-  path: string,
-  label: string,
-  setup: ConnectSetup,
-  log: Logger,
-): Promise<NetConn | undefined> {
-  return connectSocket(unixSockAddr(path), label, setup, log);
-}
-
-/** The attempt: undefined when it failed (logged). */
-async function connectSocket(
-  target: SockAddr,
-  label: string,
-  setup: ConnectSetup,
-  log: Logger,
-): Promise<NetConn | undefined> {
   let source: SockAddr | undefined;
-  if (setup.bind) {
-    source = inetSockAddr(setup.bind.host, setup.bind.port) ?? undefined;
+  if (own.bind) {
+    source = inetSockAddr(own.bind.host, own.bind.port) ?? undefined;
     if (!source) return undefined;
-    if (source.family !== target.family) {
-      log(7, `Cannot assign an AF=${source.family} address an AF=${target.family} socket`);
+    if (source.family !== to.family) {
+      log(7, `Cannot assign an AF=${source.family} address an AF=${to.family} socket`);
       return undefined;
     }
   }
   const { libc } = lib();
-  const fd = libc.socket(target.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const fd = libc.socket(to.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     log(3, `remote socket: ${errnoMessage(errno())}`);
     return undefined;
   }
   let handed = false;
   try {
-    if (source && !bindSource(fd, source, setup, log)) return undefined;
-    if (!await connectFd(fd, target, label, setup.timeoutSeconds, log)) return undefined;
+    if (source && !bindSource(fd, source, own.transparent, log)) return undefined;
+    if (!await connectFd(fd, to, label, timeoutSeconds, log)) return undefined;
     const conn = new NetConn(fd);
     handed = true;
-    if (!setOptions(fd, setup.remoteOptions, "remote", log)) {
+    if (!setOptions(fd, own.remoteOptions, "remote", log)) {
       log(4, "Failed to set remote socket options");
     }
     return conn;
@@ -220,10 +205,10 @@ async function connectSocket(
   }
 }
 
-function bindSource(fd: number, source: SockAddr, setup: ConnectSetup, log: Logger): boolean {
+function bindSource(fd: number, source: SockAddr, transparent: boolean, log: Log): boolean {
   const { libc } = lib();
   const on = new Uint8Array(new Int32Array([1]).buffer);
-  if (setup.transparent) {
+  if (transparent) {
     // A failure is left to bind(), as in stunnel (old kernels had no IP_TRANSPARENT).
     if (libc.setsockopt(fd, SOL_IP, IP_TRANSPARENT, on, 4) === 0) {
       log(6, "IP_TRANSPARENT socket option set");
@@ -260,7 +245,7 @@ async function connectFd(
   target: SockAddr,
   label: string,
   timeoutSeconds: number,
-  log: Logger,
+  log: Log,
 ): Promise<boolean> {
   const { libc } = lib();
   log(6, `s_connect: connecting ${label}`);

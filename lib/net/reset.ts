@@ -8,23 +8,18 @@
  */
 import { cstr, lib, O_RDWR } from "../sys/ffi.ts";
 import { findConnFd, SOL_SOCKET } from "../sys/sockfd.ts";
+import type { Conn } from "./conn.ts";
 
 const SO_LINGER = 13;
-
-/** A connection that closes itself with RST (netconn.ts: its socket is not Deno's). */
-interface Resettable {
-  resetNow(): boolean;
-}
 
 /**
  * Closes the socket of `conn` with RST at once; false if it could not be found. Deno's own
  * close sends FIN first (shutdown before close), so the socket is closed here instead: its
  * descriptor is replaced by /dev/null (dup2), which keeps the number taken until Deno closes it.
  */
-export function resetNow(conn: Deno.Conn): boolean {
-  if (typeof (conn as Partial<Resettable>).resetNow === "function") {
-    return (conn as unknown as Resettable).resetNow();
-  }
+export function resetNow(conn: Conn): boolean {
+  // A socket of ours (netconn.ts) closes itself with RST.
+  if (conn.resetNow) return conn.resetNow();
   if (conn.localAddr.transport !== "tcp") return false;
   const { libc } = lib();
   try {

@@ -8,8 +8,9 @@
  * for each option listed in INHERITED), so a local option is set once on the listener when the
  * accept options do not give it another value; only the others are set on each accepted socket.
  */
-import { errnoText, lib } from "../sys/ffi.ts";
-import type { Logger } from "../sys/log.ts";
+import { lib } from "../sys/ffi.ts";
+import { errnoText } from "../sys/oserror.ts";
+import type { Log } from "../sys/log.ts";
 import { SOCKET_OPTIONS, type SocketOptionType } from "../config/options.ts";
 
 export type SocketRole = "accept" | "local" | "remote";
@@ -173,7 +174,7 @@ export function setOptions(
   fd: number,
   options: readonly SocketOption[],
   role: SocketRole,
-  log: Logger,
+  log: Log,
 ): boolean {
   const { libc } = lib();
   let ok = true;

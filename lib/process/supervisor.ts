@@ -4,9 +4,9 @@
  */
 import { describeSource } from "../config/parser.ts";
 import { Daemon, type Runtime, StartError } from "../proxy/daemon.ts";
-import { cstr, errnoText, lib } from "../sys/ffi.ts";
+import { cstr, lib } from "../sys/ffi.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
-import { osErrorText } from "../sys/oserror.ts";
+import { errnoText, osErrorText } from "../sys/oserror.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
 import type { ToWorker, WorkerReply } from "./messages.ts";
 

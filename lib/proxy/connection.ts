@@ -4,6 +4,7 @@ import type { Logger } from "../sys/log.ts";
 import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
 import { checkPeerOcsp } from "../tls/ocsp.ts";
@@ -56,7 +57,7 @@ export class Connection {
   private toSocket = 0;
   private streams: Stream[] = [];
   /** Every socket of this connection, for `reset = yes`. */
-  private sockets: Deno.Conn[] = [];
+  private sockets: Conn[] = [];
   private tlsStream: TlsStream | undefined;
   private timedOut: TimedOut | undefined;
   /** The peer failed authentication: connect to `redirect` instead of `connect`. */
@@ -67,7 +68,7 @@ export class Connection {
   constructor(
     /** The accepting service, until SNI hands the connection to a secondary service. */
     public service: Service,
-    readonly local: Deno.Conn,
+    readonly local: Conn,
     readonly log: Logger,
   ) {}
 
@@ -294,18 +295,14 @@ export class Connection {
     const local = opts.exec !== undefined && opts.connect.length === 0 && !this.targets &&
       !this.redirected;
     const conn = local
-      ? spawnExec(
-        opts,
-        execEnvironment(this.local.remoteAddr, tls),
-        this.log,
-      ) as unknown as Deno.Conn
+      ? spawnExec(opts, execEnvironment(this.local.remoteAddr, tls), this.log)
       : await this.connectRemote();
     const remote = new PlainStream(conn);
     this.streams.push(remote);
     return remote;
   }
 
-  private async connectRemote(): Promise<Deno.Conn> {
+  private async connectRemote(): Promise<Conn> {
     const { transparent } = this.service.opts;
     // `transparent = destination|both`: where the client meant to go, unless `redirect` or a
     // protocol chose the target (stunnel's order).
@@ -323,7 +320,7 @@ export class Connection {
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
     );
     this.sockets.push(remote);
-    setNoDelay(remote);
+    remote.setNoDelay?.(true);
     return remote;
   }
 
@@ -369,11 +366,7 @@ export class Connection {
   }
 }
 
-function setNoDelay(conn: Deno.Conn): void {
-  if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-}
-
-function closeQuietly(conn: Deno.Conn): void {
+function closeQuietly(conn: Conn): void {
   try {
     conn.close();
   } catch {

@@ -12,6 +12,7 @@ import { osErrorText } from "../sys/oserror.ts";
 import { newRoundRobin, Service } from "./service.ts";
 import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
 import { ListenerOptionsError } from "../net/listener.ts";
+import { type Conn, UNNAMED } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
 import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
 import type { Configuration, LogId } from "../config/types.ts";
@@ -177,12 +178,8 @@ export class Daemon {
     for (;;) {
       const id = this.connectionId(service.opts.logId);
       const log = this.sink.bind(id, service.opts.debugLevel);
-      const program = spawnExec(
-        service.opts,
-        execEnvironment({ transport: "unix", path: "" } as Deno.UnixAddr, undefined),
-        log,
-      );
-      await this.handle(service, program as unknown as Deno.Conn, log);
+      const program = spawnExec(service.opts, execEnvironment(UNNAMED, undefined), log);
+      await this.handle(service, program, log);
       if (!service.opts.retry || this.stopping || !this.execLoops.has(service)) break;
       log(6, "Retrying an exec+connect section");
       await new Promise((r) => setTimeout(r, 1000));
@@ -233,7 +230,7 @@ export class Daemon {
 
   private handle(
     service: Service,
-    conn: Deno.Conn,
+    conn: Conn,
     log = this.sink.bind(this.connectionId(service.opts.logId), service.opts.debugLevel),
   ): Promise<void> {
     const connection = new Connection(service, conn, log);

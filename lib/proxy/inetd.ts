@@ -12,6 +12,7 @@ import { lib } from "../sys/ffi.ts";
 import { early, LogSink } from "../sys/log.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
+import { type Conn, UNNAMED } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
 import type { Configuration } from "../config/types.ts";
 
@@ -21,19 +22,18 @@ const SHUT_WR = 1;
 function stdinPeer(): Deno.Addr {
   const buf = new Uint8Array(128);
   const len = new Uint32Array([buf.length]);
-  const unnamed = { transport: "unix", path: "" } as Deno.UnixAddr;
-  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return unnamed;
-  return decodeSockAddr(buf, len[0]) ?? unnamed;
+  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return UNNAMED;
+  return decodeSockAddr(buf, len[0]) ?? UNNAMED;
 }
 
 /**
  * Our stdin and stdout seen as one connected socket. A write shutdown is a socket shutdown
  * when stdout is a socket, else the close of stdout (a pipe).
  */
-class StdioConn {
+class StdioConn implements Conn {
   readonly remoteAddr: Deno.Addr = stdinPeer();
   /** Not a TCP address: `reset = yes` cannot find (and must not touch) our stdio. */
-  readonly localAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
+  readonly localAddr: Deno.Addr = UNNAMED;
   private writeClosed = false;
   private closed = false;
 
@@ -119,7 +119,7 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   await service.prepare(ui);
   ui(5, "Configuration successful");
   const log = sink.bind("0", opts.debugLevel);
-  const connection = new Connection(service, new StdioConn() as unknown as Deno.Conn, log);
+  const connection = new Connection(service, new StdioConn(), log);
   const timer = setInterval(() => connection.checkTimeout(Date.now()), 1000);
   try {
     await connection.run();

@@ -2,6 +2,7 @@
  * The two pumps of a connection: each direction copies from a stream to the other, awaiting
  * every write before the next read, so buffers stay bounded and backpressure reaches the sender.
  */
+import type { Conn } from "../net/conn.ts";
 import type { TlsConnection } from "../tls/core.ts";
 
 /** One side of a connection, seen as a byte stream (plain socket or TLS over a socket). */
@@ -63,7 +64,7 @@ export class PlainStream implements Stream {
   /** Bytes a protocol negotiation read ahead and handed back (`unread`), returned first. */
   private pending: Uint8Array<ArrayBuffer> | null = null;
 
-  constructor(readonly conn: Deno.Conn) {}
+  constructor(readonly conn: Conn) {}
 
   /** Makes `data` the next chunk `read` returns (bytes read ahead by a line reader). */
   unread(data: Uint8Array<ArrayBuffer>): void {
@@ -114,7 +115,7 @@ export class TlsStream implements Stream {
   private pendingPlain: Uint8Array<ArrayBuffer> | null = null;
 
   /** Over a socket, or over a PlainStream that a negotiation already read from. */
-  constructor(conn: Deno.Conn | PlainStream, readonly tls: TlsConnection) {
+  constructor(conn: Conn | PlainStream, readonly tls: TlsConnection) {
     this.socket = conn instanceof PlainStream ? conn : new PlainStream(conn);
   }
 

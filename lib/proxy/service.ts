@@ -1,72 +1,24 @@
 /** A configured service at run time: its TLS context, its listener and its connect targets. */
-import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
 import { formatAddress } from "../config/address.ts";
 import type { Logger } from "../sys/log.ts";
-import { osErrorText } from "../sys/oserror.ts";
 import { TlsContext } from "../tls/context.ts";
 import type { Address, ServiceOptions } from "../config/types.ts";
-import { type ConnectSetup, connectTcp, connectUnix } from "../net/netconn.ts";
+import type { Conn } from "../net/conn.ts";
+import { connect, type ConnectSetup, resolveAddress } from "../net/connect.ts";
+import type { OwnSocket } from "../net/netconn.ts";
 import { type SocketOption, SocketOptions } from "../net/sockopt.ts";
 import { configureListener, fdSnapshot } from "../net/listener.ts";
 
-/** A resolved connect target. */
-type Target = { kind: "tcp"; host: string; port: number; label: string } | {
-  kind: "unix";
-  path: string;
-  label: string;
-};
-
-/** getaddrinfo's words for node's error codes, as stunnel logs them. */
-const GAI_ERRORS: Record<string, string> = {
-  ENOTFOUND: "Neither nodename nor servname known (EAI_NONAME)",
-  EAI_AGAIN: "Temporary failure in name resolution (EAI_AGAIN)",
-  EAI_FAIL: "Non-recoverable failure in name resolution (EAI_FAIL)",
-};
-
-/** A name that did not resolve; the message is stunnel's log line. */
-class ResolveError extends Error {}
-
-async function resolve(addr: Address): Promise<Target[]> {
-  if (addr.kind === "unix") return [{ ...addr, label: formatAddress(addr) }];
-  let found: { address: string }[];
-  try {
-    found = isIP(addr.host) ? [{ address: addr.host }] : await lookup(addr.host, { all: true });
-  } catch (e) {
-    const code = (e as { code?: string }).code ?? "";
-    const why = GAI_ERRORS[code] ?? (e as Error).message;
-    throw new ResolveError(`Error resolving "${addr.host}": ${why}`);
-  }
-  return found.map(({ address }) => ({
-    kind: "tcp",
-    host: address,
-    port: addr.port,
-    label: formatAddress({ kind: "tcp", host: address, port: addr.port }),
-  }));
-}
-
 /** Resolves every connect target; each failure is logged, and no address at all is an error. */
-async function resolveAll(addresses: Address[], log: Logger): Promise<Target[]> {
-  const results = await Promise.allSettled(addresses.map(resolve));
-  const targets: Target[] = [];
+async function resolveAll(addresses: Address[], log: Logger): Promise<Address[]> {
+  const results = await Promise.allSettled(addresses.map(resolveAddress));
+  const targets: Address[] = [];
   for (const r of results) {
     if (r.status === "fulfilled") targets.push(...r.value);
     else log(3, (r.reason as Error).message);
   }
-  if (targets.length === 0) throw new ResolveError("No remote host resolved");
+  if (targets.length === 0) throw new Error("No remote host resolved");
   return targets;
-}
-
-/** One attempt through a socket of ours (netconn.ts); undefined when it failed (logged). */
-async function connectOwn(
-  t: Target,
-  setup: ConnectSetup,
-  log: Logger,
-): Promise<Deno.Conn | undefined> {
-  const conn = t.kind === "unix"
-    ? await connectUnix(t.path, t.label, setup, log)
-    : await connectTcp(t.host, t.port, t.label, setup, log);
-  return conn as unknown as Deno.Conn | undefined;
 }
 
 /** The round-robin position of each service, shared by all threads (slots by name). */
@@ -85,7 +37,7 @@ function slotOf(name: string): number {
 export class Service {
   readonly name: string;
   /** null until resolved; stays null in delayed-resolver mode (resolved per connection). */
-  private targets: Target[] | null = null;
+  private targets: Address[] | null = null;
   private delay: boolean;
   listener: Deno.Listener | undefined;
   /** `socket = a|l|r:...` with stunnel's defaults (sockopt.ts). */
@@ -181,11 +133,11 @@ export class Service {
     }
   }
 
-  /** How connectOwn connects: source address, IP_TRANSPARENT, r: options, TIMEOUTconnect. */
-  private remoteSetup(peer: Deno.Addr | undefined): ConnectSetup {
-    const { local, transparent, TIMEOUTconnect } = this.opts;
+  /** The socket of ours the remote side needs: source address, IP_TRANSPARENT, r: options. */
+  private ownSocket(peer: Deno.Addr | undefined): OwnSocket {
+    const { local, transparent } = this.opts;
     const source = transparent === "source" || transparent === "both";
-    let bind: ConnectSetup["bind"];
+    let bind: OwnSocket["bind"];
     if (local !== undefined) bind = { host: local, port: 0 };
     else if (source) {
       if (peer?.transport !== "tcp") throw new Error("Transparent source needs a socket");
@@ -196,7 +148,6 @@ export class Service {
       // IP_TRANSPARENT only binds the client's address (`local` wins, as in stunnel).
       transparent: source,
       remoteOptions: this.sockets.remote,
-      timeoutSeconds: TIMEOUTconnect,
     };
   }
 
@@ -240,7 +191,7 @@ export class Service {
     redirect = false,
     chosen?: Address[],
     peer?: Deno.Addr,
-  ): Promise<Deno.Conn> {
+  ): Promise<Conn> {
     const targets = chosen
       ? await resolveAll(chosen, log)
       : redirect && this.opts.redirect
@@ -250,29 +201,13 @@ export class Service {
     const start = !chosen && !redirect && this.opts.failover === "rr" && !this.delay
       ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
       : 0;
-    const own = this.ownRemoteSocket ? this.remoteSetup(peer) : undefined;
+    const setup: ConnectSetup = {
+      timeoutSeconds: this.opts.TIMEOUTconnect,
+      own: this.ownRemoteSocket ? this.ownSocket(peer) : undefined,
+    };
     for (let i = 0; i < targets.length; i++) {
-      const t = targets[(start + i) % targets.length];
-      if (own) {
-        // netconn.ts logs the attempt itself, in stunnel's order (bind, then connect).
-        const conn = await connectOwn(t, own, log);
-        if (conn) return conn;
-        continue;
-      }
-      log(6, `s_connect: connecting ${t.label}`);
-      try {
-        const signal = AbortSignal.timeout(this.opts.TIMEOUTconnect * 1000);
-        const conn = t.kind === "unix"
-          ? await Deno.connect({ transport: "unix", path: t.path })
-          : await Deno.connect({ transport: "tcp", hostname: t.host, port: t.port, signal });
-        log(t.kind === "unix" ? 6 : 5, `s_connect: connected ${t.label}`);
-        return conn;
-      } catch (e) {
-        const reason = e instanceof DOMException && e.name === "TimeoutError"
-          ? "TIMEOUTconnect exceeded"
-          : osErrorText(e);
-        log(3, `s_connect: connect ${t.label}: ${reason}`);
-      }
+      const conn = await connect(targets[(start + i) % targets.length], setup, log);
+      if (conn) return conn;
     }
     throw new Error("No more addresses to connect");
   }

@@ -363,7 +363,14 @@ const libcSymbols = {
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // Waits for a connect in progress on a thread of its own: the event loop keeps running.
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  // resolve.ts: while the configuration is read, and on a thread of its own for connections
   getaddrinfo: { parameters: ["buffer", "pointer", "buffer", "buffer"], result: "i32" },
+  getaddrinfo_async: {
+    name: "getaddrinfo",
+    parameters: ["buffer", "pointer", "buffer", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   freeaddrinfo: { parameters: ["pointer"], result: "void" },
   // pty: the master side of a pseudo-terminal (O_NONBLOCK; waits go through `poll`)
   posix_openpt: { parameters: ["i32"], result: "i32" },
@@ -535,21 +542,10 @@ export function drainErrors(): OpenSslError[] {
   }
 }
 
-/** The last errno of this thread as `strerror (N)`, as stunnel prints it. */
-/** The calling thread's errno, right after a failed libc call. */
+/** The calling thread's errno, right after a failed libc call (oserror.ts words it). */
 export function errno(): number {
   const p = lib().libc.__errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-}
-
-/** `strerror (N)`, as stunnel logs a system error. */
-export function errnoMessage(code: number): string {
-  return `${readCString(lib().libc.strerror(code))} (${code})`;
-}
-
-/** errnoMessage of the current errno. */
-export function errnoText(): string {
-  return errnoMessage(errno());
 }
 
 export function opensslVersion(): string {

@@ -13,6 +13,9 @@ export interface LogSettings {
   syslog: boolean;
 }
 
+/** Writes one log line (stunnel's level, 0-7). */
+export type Log = (level: number, message: string) => void;
+
 /** A log function bound to a connection or component id; drops messages above `level`. */
 export interface Logger {
   (level: number, message: string): void;

@@ -168,16 +168,16 @@ export function intOption(fd: number, level: number, name: number): number | und
 }
 
 /** The descriptor Deno keeps for a socket it accepted (none for one it connected). */
-function acceptedFd(conn: Deno.Conn): number | undefined {
+function acceptedFd(conn: object): number | undefined {
   const key = Object.getOwnPropertySymbols(conn).find((s) => s.description === "Deno.internal.fd");
-  const fd = key && (conn as unknown as Record<symbol, unknown>)[key];
+  const fd = key && (conn as Record<symbol, unknown>)[key];
   return typeof fd === "number" ? fd : undefined;
 }
 
 /** The descriptor of a connected socket with these two addresses, if it is ours. */
-export function findConnFd(conn: Deno.Conn): number | undefined {
-  const own = (conn as unknown as { fd?: unknown }).fd;
-  if (typeof own === "number") return own;
+export function findConnFd(
+  conn: { readonly localAddr: Deno.Addr; readonly remoteAddr: Deno.Addr },
+): number | undefined {
   const { libc } = lib();
   const local = addrKey(conn.localAddr);
   const remote = addrKey(conn.remoteAddr);
@@ -204,54 +204,4 @@ export function findListenerFds(addr: Deno.Addr, before?: Set<number>): number[]
     !before?.has(fd) && addrKey(socketName(fd)) === want &&
     intOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1
   );
-}
-
-/** stunnel's words for getaddrinfo's errors (glibc numbers). */
-const GAI_TEXT: Record<number, string> = {
-  [-2]: "Neither nodename nor servname known (EAI_NONAME)",
-  [-3]: "Temporary failure in name resolution (EAI_AGAIN)",
-  [-4]: "Non-recoverable failure in name resolution (EAI_FAIL)",
-  [-5]: "No address associated with nodename (EAI_NODATA)",
-  [-6]: "ai_family not supported (EAI_FAMILY)",
-  [-8]: "Servname not supported for ai_socktype (EAI_SERVICE)",
-  [-10]: "Memory allocation failure (EAI_MEMORY)",
-  [-11]: "System error returned in errno (EAI_SYSTEM)",
-};
-
-const AI_PASSIVE = 1;
-const SOCK_STREAM = 1;
-
-/**
- * The first address of `host` (getaddrinfo, as stunnel resolves `local` when it reads the
- * configuration), as a numeric host; throws stunnel's "Error resolving" text.
- */
-export function resolveHostSync(host: string): string {
-  const { libc } = lib();
-  // struct addrinfo hints: ai_flags, ai_family (AF_UNSPEC), ai_socktype, ... (48 bytes).
-  const hints = new Int32Array(12);
-  hints[0] = AI_PASSIVE;
-  hints[2] = SOCK_STREAM;
-  const result = new BigUint64Array(1);
-  const name = new TextEncoder().encode(`${host}\0`);
-  const rc = libc.getaddrinfo(
-    name,
-    null,
-    new Uint8Array(hints.buffer),
-    new Uint8Array(result.buffer),
-  );
-  if (rc !== 0) {
-    throw `Error resolving "${host}": ${GAI_TEXT[rc] ?? `Unknown error (${rc})`}`;
-  }
-  const head = Deno.UnsafePointer.create(result[0]);
-  try {
-    const info = new Deno.UnsafePointerView(head!);
-    const len = info.getUint32(16);
-    const addr = info.getPointer(24);
-    const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(addr!, len).slice(0));
-    const decoded = decodeSockAddr(bytes, len);
-    if (decoded?.transport !== "tcp") throw `Error resolving "${host}": no IP address`;
-    return decoded.hostname;
-  } finally {
-    libc.freeaddrinfo(head);
-  }
 }

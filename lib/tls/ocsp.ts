@@ -24,8 +24,6 @@
  * staples when clients ask for it: the first request starts a background fetch (the `OCSP`
  * URL, then the certificate's AIA responders) and the answer is refreshed before it expires.
  */
-import { lookup } from "node:dns/promises";
-import { formatAddress } from "../config/address.ts";
 import {
   BIO_C_SET_BUF_MEM_EOF_RETURN,
   BIO_CTRL_PENDING,
@@ -39,11 +37,15 @@ import {
   SSL_TLSEXT_ERR_NOACK,
   SSL_TLSEXT_ERR_OK,
 } from "../sys/ffi.ts";
+import type { Log } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { withTimeout } from "../sys/timeout.ts";
+import type { Conn } from "../net/conn.ts";
+import { connect, resolveAddress } from "../net/connect.ts";
 import { OCSP_FLAGS } from "../sys/names.ts";
 import { nameText } from "./verify.ts";
 import { type ContextHandle, type TlsConnection, type TlsContextLog, TlsError } from "./core.ts";
-import type { ServiceOptions } from "../config/types.ts";
+import type { Address, ServiceOptions } from "../config/types.ts";
 
 const X509_V_ERR_CERT_REVOKED = 23;
 const X509_V_ERR_APPLICATION_VERIFICATION = 50;
@@ -57,8 +59,6 @@ const SSL_CTRL_GET_CHAIN_CERTS = 115;
 /** The answer must be valid for the next minute (stunnel's leeway); 30 s for a staple. */
 const LEEWAY_SECONDS = 60n;
 const STAPLE_LEEWAY_SECONDS = 30;
-
-type Log = (level: number, message: string) => void;
 
 /** The options that decide how a service checks and staples. */
 export type OcspOptions = Pick<
@@ -241,14 +241,11 @@ interface Answer {
 
 class Timeout extends Error {}
 
-/** Races `promise` against `seconds`; the loser is ignored (and never left unhandled). */
-function within<T>(promise: Promise<T>, seconds: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Timeout()), seconds * 1000);
+/** `work`, or a Timeout after `seconds`. */
+function within<T>(work: Promise<T>, seconds: number): Promise<T> {
+  return withTimeout(work, seconds * 1000, () => {
+    throw new Timeout();
   });
-  promise.catch(() => {});
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 interface ParsedUrl {
@@ -302,25 +299,15 @@ async function exchange(q: Query, request: Ptr): Promise<Ptr> {
     );
     return null;
   }
-  let address: string;
+  let target: Address;
   try {
-    address = (await lookup(url.host)).address;
+    [target] = await resolveAddress({ kind: "tcp", host: url.host, port: Number(url.port) });
   } catch {
     log(3, "OCSP: Failed to resolve the OCSP responder address");
     return null;
   }
-  const port = Number(url.port);
-  const label = formatAddress({ kind: "tcp", host: address, port });
-  log(6, `s_connect: connecting ${label}`);
-  let conn: Deno.TcpConn;
-  try {
-    conn = await within(Deno.connect({ hostname: address, port }), q.timeoutConnect);
-  } catch (e) {
-    const reason = e instanceof Timeout ? "TIMEOUTconnect exceeded" : osErrorText(e);
-    log(3, `s_connect: connect ${label}: ${reason}`);
-    return null;
-  }
-  log(5, `s_connect: connected ${label}`);
+  const conn = await connect(target, { timeoutSeconds: q.timeoutConnect }, log);
+  if (!conn) return null;
   log(7, `OCSP: Connected ${url.host}:${url.port}`);
   try {
     return await converse(q, conn, url, request);
@@ -334,7 +321,7 @@ async function exchange(q: Query, request: Ptr): Promise<Ptr> {
 }
 
 /** OpenSSL's HTTP client over memory BIOs; the socket moves the bytes. */
-async function converse(q: Query, conn: Deno.TcpConn, url: ParsedUrl, request: Ptr): Promise<Ptr> {
+async function converse(q: Query, conn: Conn, url: ParsedUrl, request: Ptr): Promise<Ptr> {
   const { crypto } = lib();
   const { log } = q;
   const wbio = crypto.BIO_new(crypto.BIO_s_mem());
@@ -407,7 +394,7 @@ async function converse(q: Query, conn: Deno.TcpConn, url: ParsedUrl, request: P
 }
 
 /** Sends what OpenSSL queued for the responder; returns the byte count. */
-async function flush(wbio: Ptr, conn: Deno.TcpConn, timeoutBusy: number): Promise<number> {
+async function flush(wbio: Ptr, conn: Conn, timeoutBusy: number): Promise<number> {
   const { crypto } = lib();
   const pending = Number(crypto.BIO_ctrl(wbio, BIO_CTRL_PENDING, 0n, null));
   if (pending <= 0) return 0;
@@ -418,99 +405,134 @@ async function flush(wbio: Ptr, conn: Deno.TcpConn, timeoutBusy: number): Promis
   return n;
 }
 
+const UNKNOWN: Readonly<Answer> = { status: V_OCSP_CERTSTATUS_UNKNOWN };
+
 /** stunnel's ocsp_request(): asks one responder about one certificate. */
 async function ask(q: Query): Promise<Answer> {
+  const request = newRequest(q);
+  if (request === null) return UNKNOWN;
   const { crypto } = lib();
-  const { log } = q;
-  const unknown: Answer = { status: V_OCSP_CERTSTATUS_UNKNOWN };
-  const request = crypto.OCSP_REQUEST_new();
-  if (request === null) {
-    sslError(log, "OCSP: OCSP_REQUEST_new");
-    return unknown;
-  }
   let response: Ptr = null;
   let basic: Ptr = null;
   try {
-    const id = crypto.OCSP_CERTID_dup(q.certId);
-    if (crypto.OCSP_request_add0_id(request, id) === null) {
-      if (id !== null) crypto.OCSP_CERTID_free(id);
-      sslError(log, "OCSP: OCSP_request_add0_id");
-      return unknown;
-    }
-    if (q.nonce) crypto.OCSP_request_add1_nonce(request, null, -1);
     response = await exchange(q, request);
-    if (response === null) return unknown;
-    const responseStatus = crypto.OCSP_response_status(response);
-    if (responseStatus !== OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-      const text = readCString(crypto.OCSP_response_status_str(BigInt(responseStatus)));
-      log(3, `OCSP: Responder error: ${responseStatus}: ${text}`);
-      return unknown;
-    }
-    basic = crypto.OCSP_response_get1_basic(response);
-    if (basic === null) {
-      sslError(log, "OCSP: OCSP_response_get1_basic");
-      return unknown;
-    }
-    if (q.nonce && crypto.OCSP_check_nonce(request, basic) <= 0) {
-      drainErrors();
-      log(3, "OCSP: Invalid or unsupported nonce");
-      return unknown;
-    }
-    if (crypto.OCSP_basic_verify(basic, q.chain.stack, q.store, q.flags) <= 0) {
-      sslError(log, "OCSP: OCSP_basic_verify");
-      return unknown;
-    }
-    const status = intOut();
-    const reason = intOut();
-    const revokedAt = ptrOut();
-    const thisUpdate = ptrOut();
-    const nextUpdate = ptrOut();
-    if (
-      crypto.OCSP_resp_find_status(
-        basic,
-        q.certId,
-        status.bytes,
-        reason.bytes,
-        revokedAt.bytes,
-        thisUpdate.bytes,
-        nextUpdate.bytes,
-      ) !== 1
-    ) {
-      sslError(log, "OCSP: OCSP_resp_find_status");
-      return unknown;
-    }
-    log(6, `OCSP: Status: ${readCString(crypto.OCSP_cert_status_str(BigInt(status.get())))}`);
-    if (thisUpdate.get() !== null) log(6, `OCSP: This update: ${timeText(thisUpdate.get())}`);
-    if (nextUpdate.get() !== null) log(6, `OCSP: Next update: ${timeText(nextUpdate.get())}`);
-    if (
-      crypto.OCSP_check_validity(thisUpdate.get(), nextUpdate.get(), q.leewaySeconds, -1n) !== 1
-    ) {
-      sslError(log, "OCSP: OCSP_check_validity");
-      return unknown;
-    }
-    switch (status.get()) {
-      case V_OCSP_CERTSTATUS_GOOD:
-        log(5, "OCSP: Certificate accepted");
-        break;
-      case V_OCSP_CERTSTATUS_REVOKED: {
-        const why = reason.get();
-        if (why === -1) log(3, "OCSP: Certificate revoked");
-        else {
-          const text = readCString(crypto.OCSP_crl_reason_str(BigInt(why)));
-          log(3, `OCSP: Certificate revoked: ${why}: ${text}`);
-        }
-        if (revokedAt.get() !== null) log(5, `OCSP: Revoked at: ${timeText(revokedAt.get())}`);
-        break;
-      }
-      default:
-        log(4, "OCSP: Unknown verification status");
-    }
-    return { status: status.get(), der: encode(response), nextUpdateMs: msUntil(nextUpdate.get()) };
+    if (response === null) return UNKNOWN;
+    basic = verifiedBasic(q, request, response);
+    if (basic === null) return UNKNOWN;
+    const found = certStatus(q, basic);
+    if (found === undefined) return UNKNOWN;
+    return { ...found, der: encode(response) };
   } finally {
     if (basic !== null) crypto.OCSP_BASICRESP_free(basic);
     if (response !== null) crypto.OCSP_RESPONSE_free(response);
     crypto.OCSP_REQUEST_free(request);
     drainErrors();
+  }
+}
+
+/** The request about `q.certId`, with a nonce if configured; null after logging why not. */
+function newRequest(q: Query): Ptr {
+  const { crypto } = lib();
+  const request = crypto.OCSP_REQUEST_new();
+  if (request === null) {
+    sslError(q.log, "OCSP: OCSP_REQUEST_new");
+    return null;
+  }
+  const id = crypto.OCSP_CERTID_dup(q.certId);
+  if (crypto.OCSP_request_add0_id(request, id) === null) {
+    if (id !== null) crypto.OCSP_CERTID_free(id);
+    sslError(q.log, "OCSP: OCSP_request_add0_id");
+    crypto.OCSP_REQUEST_free(request);
+    return null;
+  }
+  if (q.nonce) crypto.OCSP_request_add1_nonce(request, null, -1);
+  return request;
+}
+
+/**
+ * The basic response of a successful answer to `request`, signed by a responder the chain and
+ * the trust store vouch for (the caller frees it); null after logging why not.
+ */
+function verifiedBasic(q: Query, request: Ptr, response: Ptr): Ptr {
+  const { crypto } = lib();
+  const { log } = q;
+  const responseStatus = crypto.OCSP_response_status(response);
+  if (responseStatus !== OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+    const text = readCString(crypto.OCSP_response_status_str(BigInt(responseStatus)));
+    log(3, `OCSP: Responder error: ${responseStatus}: ${text}`);
+    return null;
+  }
+  const basic = crypto.OCSP_response_get1_basic(response);
+  if (basic === null) {
+    sslError(log, "OCSP: OCSP_response_get1_basic");
+    return null;
+  }
+  if (q.nonce && crypto.OCSP_check_nonce(request, basic) <= 0) {
+    drainErrors();
+    log(3, "OCSP: Invalid or unsupported nonce");
+  } else if (crypto.OCSP_basic_verify(basic, q.chain.stack, q.store, q.flags) <= 0) {
+    sslError(log, "OCSP: OCSP_basic_verify");
+  } else {
+    return basic;
+  }
+  crypto.OCSP_BASICRESP_free(basic);
+  return null;
+}
+
+/**
+ * The status of `q.certId` in a verified basic response, logged as stunnel logs it; undefined
+ * (logged) when the response does not name the certificate or is not valid now.
+ */
+function certStatus(q: Query, basic: Ptr): { status: number; nextUpdateMs?: number } | undefined {
+  const { crypto } = lib();
+  const { log } = q;
+  const status = intOut();
+  const reason = intOut();
+  const revokedAt = ptrOut();
+  const thisUpdate = ptrOut();
+  const nextUpdate = ptrOut();
+  if (
+    crypto.OCSP_resp_find_status(
+      basic,
+      q.certId,
+      status.bytes,
+      reason.bytes,
+      revokedAt.bytes,
+      thisUpdate.bytes,
+      nextUpdate.bytes,
+    ) !== 1
+  ) {
+    sslError(log, "OCSP: OCSP_resp_find_status");
+    return undefined;
+  }
+  log(6, `OCSP: Status: ${readCString(crypto.OCSP_cert_status_str(BigInt(status.get())))}`);
+  if (thisUpdate.get() !== null) log(6, `OCSP: This update: ${timeText(thisUpdate.get())}`);
+  if (nextUpdate.get() !== null) log(6, `OCSP: Next update: ${timeText(nextUpdate.get())}`);
+  if (crypto.OCSP_check_validity(thisUpdate.get(), nextUpdate.get(), q.leewaySeconds, -1n) !== 1) {
+    sslError(log, "OCSP: OCSP_check_validity");
+    return undefined;
+  }
+  logVerdict(log, status.get(), reason.get(), revokedAt.get());
+  return { status: status.get(), nextUpdateMs: msUntil(nextUpdate.get()) };
+}
+
+/** stunnel's lines for a certificate's status: accepted, revoked (why, when) or unknown. */
+function logVerdict(log: Log, status: number, reason: number, revokedAt: Ptr): void {
+  switch (status) {
+    case V_OCSP_CERTSTATUS_GOOD:
+      log(5, "OCSP: Certificate accepted");
+      break;
+    case V_OCSP_CERTSTATUS_REVOKED: {
+      if (reason === -1) log(3, "OCSP: Certificate revoked");
+      else {
+        const text = readCString(lib().crypto.OCSP_crl_reason_str(BigInt(reason)));
+        log(3, `OCSP: Certificate revoked: ${reason}: ${text}`);
+      }
+      if (revokedAt !== null) log(5, `OCSP: Revoked at: ${timeText(revokedAt)}`);
+      break;
+    }
+    default:
+      log(4, "OCSP: Unknown verification status");
   }
 }
 

@@ -29,6 +29,8 @@ import {
   TLS1_3_VERSION,
 } from "../sys/ffi.ts";
 import { SSL_OPTIONS } from "../sys/names.ts";
+import { getaddrinfoSync } from "../sys/resolve.ts";
+import { AF_INET } from "../sys/sockfd.ts";
 import {
   connectionOf,
   type ContextHandle,
@@ -51,8 +53,6 @@ const MAX_VALUE_LENGTH = 512;
 const MAX_TIMEOUT = 64800;
 const RECEIVE_TIMEOUT_MS = 200;
 
-const AF_INET = 2;
-const SOCK_DGRAM = 2;
 const TLSEXT_TYPE_PSK = 41;
 const TLSEXT_TYPE_SUPPORTED_VERSIONS = 43;
 
@@ -75,7 +75,7 @@ function keyOf(ctx: Ptr): bigint {
 /** Installs the external cache on a server-mode context (session.ts calls it). */
 export function configureSessiond(context: ContextHandle, address: Address, log: TlsContextLog) {
   if (address.kind !== "tcp") throw new Error("sessiond: a HOST:PORT address is needed");
-  const host = resolveIPv4(address.host).join(".");
+  const host = resolveIPv4(address.host);
   caches.set(keyOf(context.ctx), { host, port: address.port, log, held: new Set() });
   const { ssl } = lib();
   const { newSession, getSession, removeSession } = callbacks();
@@ -86,27 +86,11 @@ export function configureSessiond(context: ContextHandle, address: Address, log:
 }
 
 /** The IPv4 address of `host` (an address or a name, resolved now as stunnel does). */
-function resolveIPv4(host: string): Uint8Array {
-  const literal = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
-  if (literal) return new Uint8Array(literal.slice(1).map(Number));
-  const { libc } = lib();
-  // struct addrinfo hints: ai_flags, ai_family = AF_INET, ai_socktype = SOCK_DGRAM.
-  const hints = new Uint8Array(48);
-  new DataView(hints.buffer).setInt32(4, AF_INET, true);
-  new DataView(hints.buffer).setInt32(8, SOCK_DGRAM, true);
-  const result = new BigUint64Array(1);
-  const name = new TextEncoder().encode(`${host}\0`);
-  if (libc.getaddrinfo(name, null, hints, new Uint8Array(result.buffer)) !== 0) {
-    throw new Error(`sessiond: cannot resolve ${host}`);
-  }
-  const list = Deno.UnsafePointer.create(result[0]);
+function resolveIPv4(host: string): string {
   try {
-    // ai_addr (a sockaddr_in, as asked) is at offset 24 of the first entry.
-    const addr = new Deno.UnsafePointerView(list!).getPointer(24);
-    if (addr === null) throw new Error(`sessiond: cannot resolve ${host}`);
-    return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(addr, 4, 4).slice(0));
-  } finally {
-    libc.freeaddrinfo(list);
+    return getaddrinfoSync(host, { family: AF_INET })[0];
+  } catch {
+    throw new Error(`sessiond: cannot resolve ${host}`);
   }
 }
 

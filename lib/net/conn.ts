@@ -1,0 +1,25 @@
+/**
+ * One side of a connection as the pumps, the connection and the protocols use it: a TCP or
+ * Unix socket (Deno's own, or one of ours: netconn.ts), a local program's pipes (exec.ts) or
+ * pseudo-terminal (pty.ts), or our stdin and stdout (inetd mode). Deno's TcpConn and UnixConn
+ * are Conns as they are.
+ */
+export interface Conn {
+  /** Reads into `buf`: the byte count, or null once the peer has ended its direction. */
+  read(buf: Uint8Array): Promise<number | null>;
+  /** Writes some of `data` (at least one byte): the byte count. */
+  write(data: Uint8Array): Promise<number>;
+  /** Ends our direction (TCP FIN, EOF for a program) and keeps reading possible. */
+  closeWrite(): Promise<void>;
+  close(): void;
+  /** For log lines, the IDENT query, the PROXY header, the program's environment. */
+  readonly localAddr: Deno.Addr;
+  readonly remoteAddr: Deno.Addr;
+  /** TCP_NODELAY, on a TCP socket of Deno's. */
+  setNoDelay?(noDelay?: boolean): void;
+  /** `reset = yes` on a socket of ours (netconn.ts): closes it with RST; false if it cannot. */
+  resetNow?(): boolean;
+}
+
+/** The address of a side that is no socket (a program, a pipe), or has no name. */
+export const UNNAMED: Deno.UnixAddr = { transport: "unix", path: "" };
