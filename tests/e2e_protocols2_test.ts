@@ -10,28 +10,13 @@
  */
 
 import { peerServer } from "./scripted_peer.ts";
-import {
-  assertEquals,
-  assertMatch,
-  configError,
-  decode,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  httpServer,
-  makePki,
-  type Pki,
-  readExactly,
-  run,
-  startProxy,
-  startStunnel4,
-  tcpConnect,
-  tlsConnect,
-  waitClosed,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
+import { echoServer, freePorts, httpServer, tcpConnect, tlsConnect } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run } from "./harness/process.ts";
+import { configError, GLOBALS, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
 

@@ -12,25 +12,19 @@
  */
 
 import {
-  type Backend,
-  type CertKey,
-  closeQuietly,
-  decode,
-  e2e,
-  echoServer,
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
   escapeRegExp,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  PROXY_IS_STUNNEL,
-  run,
-  spawn,
-  startProxy,
-  tcpConnect,
-  withTimeout,
-} from "./helpers.ts";
-import { assert, assertEquals, assertMatch, assertNotEquals } from "./helpers.ts";
+} from "./harness/assert.ts";
+import { closeQuietly, decode } from "./harness/bytes.ts";
+import { PROXY_IS_STUNNEL } from "./harness/command.ts";
+import { type Backend, echoServer, freePorts, tcpConnect } from "./harness/net.ts";
+import { type CertKey, makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { withTimeout } from "./harness/timing.ts";
 import { matchesPattern } from "../lib/tls/sni.ts";
 
 Deno.test("SNI patterns: stunnel's matches_wildcard", () => {
