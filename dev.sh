@@ -6,7 +6,8 @@
 #
 # Both first make sure the Deno pinned in tools/deno/package.json is installed (with npm).
 # `test` also installs the programs the end-to-end tests drive (openssl, curl, stunnel4, socat)
-# when they are missing and we are root, and ends with a plain `N passed, N failed` line.
+# and the C headers the name-table tests read (libssl-dev, libc6-dev) when they are missing and we
+# are root, and ends with a plain `N passed, N failed` line.
 # Environment: PROXY_CMD=stunnel4 runs the end-to-end tests against the reference stunnel.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -58,6 +59,8 @@ TEST_TOOLS=(
   "/lib/x86_64-linux-gnu/libwrap.so.0 libwrap0"
   "setsid util-linux"
   "ps procps"
+  "/usr/include/openssl/ssl.h libssl-dev"
+  "/usr/include/syslog.h libc6-dev"
 )
 
 ensure_test_tools() {

@@ -1,11 +1,12 @@
 /**
  * Public API: run the proxy from a stunnel.conf, or embed a Daemon with a Configuration.
  */
-import { ConfigError, describeSource, loadConfig, parseConfigText } from "./lib/config/parser.ts";
+import { ConfigError, loadConfig, parseConfigText } from "./lib/config/parser.ts";
 import { newRuntime, StartError } from "./lib/proxy/daemon.ts";
 import { cstr, lib, O_RDWR, opensslVersion } from "./lib/sys/ffi.ts";
 import { runInetd } from "./lib/proxy/inetd.ts";
-import { early, LogSink } from "./lib/sys/log.ts";
+import { early } from "./lib/sys/log.ts";
+import { openStartupLog } from "./lib/proxy/startup.ts";
 import { Supervisor } from "./lib/process/supervisor.ts";
 import type { Configuration } from "./lib/config/types.ts";
 
@@ -47,34 +48,40 @@ function load(source: ConfigSource): Promise<Configuration> {
 
 /** Runs the daemon until a signal stops it; returns the process exit code. */
 export async function run(source: ConfigSource): Promise<number> {
-  let config: Configuration;
-  try {
-    config = await load(source);
-  } catch (e) {
-    const lines = e instanceof ConfigError ? e.lines : [(e as Error).message];
-    for (const line of lines) early(3, line);
-    early(3, "Configuration failed");
-    return 1;
-  }
+  const config = await loadOrReport(source);
+  if (!config) return 1;
   const detached = Deno.env.get(DETACHED_ENV) === "1";
   if (config.global.foreground === "no" && !detached && !config.inetd) {
     return await detach();
   }
   if (config.inetd) return await runInetd(config, versionLines());
   if (detached) lib().libc.setsid();
-  const sink = new LogSink(config.global, config.global.foreground === "yes" ? 7 : -1);
+  return await runDaemon(config, source, detached);
+}
+
+/** The configuration, or undefined after logging why it cannot be read. */
+async function loadOrReport(source: ConfigSource): Promise<Configuration | undefined> {
+  try {
+    return await load(source);
+  } catch (e) {
+    const lines = e instanceof ConfigError ? e.lines : [(e as Error).message];
+    for (const line of lines) early(3, line);
+    early(3, "Configuration failed");
+    return undefined;
+  }
+}
+
+/** The Supervisor of the services, from its start until a signal stops it. */
+async function runDaemon(
+  config: Configuration,
+  source: ConfigSource,
+  detached: boolean,
+): Promise<number> {
+  const started = openStartupLog(config, versionLines());
+  if (!started) return 1;
+  const { sink, ui } = started;
   // A detached daemon's launcher shows the errors of its start-up only if it fails.
   if (detached) sink.heldBack = [];
-  try {
-    sink.open();
-  } catch (e) {
-    early(3, `Cannot open log file: ${config.global.output}: ${(e as Error).message}`);
-    early(3, "Configuration failed");
-    return 1;
-  }
-  const ui = sink.bind("ui", config.global.debugLevel);
-  for (const line of versionLines()) ui(5, line);
-  ui(5, `Reading configuration from ${describeSource(config.source)}`);
   const threads = threadCount(config);
   const supervisor = new Supervisor(
     config,

@@ -6,7 +6,7 @@
  */
 import { type Channel, type Protocol, ProtocolError } from "./channel.ts";
 import { ntlmAvailable, ntlmType1, ntlmType3, NtlmUnavailable } from "./ntlm.ts";
-import { base64, isPrefix } from "./smtp.ts";
+import { base64, isPrefix } from "./text.ts";
 import type { Logger } from "../lib/sys/log.ts";
 import type { ServiceOptions } from "../lib/config/types.ts";
 

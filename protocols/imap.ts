@@ -1,6 +1,6 @@
 /** IMAP STARTTLS (RFC 2595), as stunnel 5.68 negotiates it in both modes. */
 import { type Protocol, ProtocolError } from "./channel.ts";
-import { isPrefix } from "./smtp.ts";
+import { isPrefix } from "./text.ts";
 
 export const imap: Protocol = {
   name: "imap",

@@ -1,6 +1,6 @@
 /** NNTP STARTTLS (RFC 4642), client mode, as stunnel 5.68 negotiates it. */
 import { type Protocol, ProtocolError } from "./channel.ts";
-import { isPrefix } from "./smtp.ts";
+import { isPrefix } from "./text.ts";
 
 export const nntp: Protocol = {
   name: "nntp",

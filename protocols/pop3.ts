@@ -1,6 +1,6 @@
 /** POP3 STLS (RFC 2595), as stunnel 5.68 negotiates it in both modes. */
 import { type Protocol, ProtocolError } from "./channel.ts";
-import { isPrefix } from "./smtp.ts";
+import { isPrefix } from "./text.ts";
 
 export const pop3: Protocol = {
   name: "pop3",

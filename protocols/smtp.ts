@@ -1,15 +1,6 @@
 /** SMTP STARTTLS (RFC 3207), as stunnel 5.68 negotiates it in both modes. */
 import { type Channel, type Protocol, ProtocolError } from "./channel.ts";
-
-/** stunnel's is_prefix(): a case-insensitive prefix test. */
-export function isPrefix(line: string, prefix: string): boolean {
-  return line.slice(0, prefix.length).toLowerCase() === prefix.toLowerCase();
-}
-
-/** Base64 of the bytes of a Latin-1 string. */
-export function base64(text: string): string {
-  return btoa(text);
-}
+import { base64, isPrefix } from "./text.ts";
 
 /** Reads lines while they start with `prefix` (a multi-line reply); returns the last one. */
 async function lastLine(ch: Channel, prefix: string): Promise<string> {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatAddress, lookupTcpService, parseAddress } from "../lib/config/address.ts";
+import { formatAddress } from "../lib/config/address.ts";
 import {
   type ConfigEnv,
   ConfigError,
@@ -8,7 +8,6 @@ import {
   systemEnv,
 } from "../lib/config/parser.ts";
 import { findOption, OPTIONS } from "../lib/config/options.ts";
-import { SSL_OPTIONS } from "../lib/sys/names.ts";
 import {
   helpLines,
   optionsLines,
@@ -111,14 +110,6 @@ Deno.test("table: repeatable options are exactly stunnel's list ones", () => {
       "socket",
     ].sort(),
   );
-});
-
-Deno.test("table: SSL_OPTIONS has OpenSSL 3.0 values", () => {
-  assert.equal(SSL_OPTIONS.NO_SSLv3, 0x2000000n);
-  assert.equal(SSL_OPTIONS.NO_TLSv1_1, 0x10000000n);
-  assert.equal(SSL_OPTIONS.ALL, 0x80000850n);
-  assert.equal(SSL_OPTIONS.NO_SSLv2, 0n);
-  assert.equal(Object.keys(SSL_OPTIONS).length, 53);
 });
 
 // ---------------------------------------------------------------- bad configurations
@@ -505,44 +496,6 @@ Deno.test("loadConfig resolves a relative path and reads real files", async () =
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-});
-
-// ---------------------------------------------------------------- addresses
-
-Deno.test("address: [HOST:]PORT forms, split on the last colon", () => {
-  const lookup = (name: string) => name === "https" ? 443 : undefined;
-  const cases: [string, "accept" | "connect", string][] = [
-    ["443", "accept", "0.0.0.0:443"],
-    ["443", "connect", "localhost:443"],
-    ["127.0.0.1:443", "connect", "127.0.0.1:443"],
-    [":::443", "accept", ":::443"],
-    ["::1:443", "connect", "::1:443"],
-    ["[::1]:443", "connect", "::1:443"],
-    ["example.com:https", "connect", "example.com:443"],
-    ["0", "accept", "0.0.0.0:0"],
-    ["127.0.0.1:", "accept", "127.0.0.1:0"],
-  ];
-  for (const [text, role, expected] of cases) {
-    assert.equal(formatAddress(parseAddress(text, role, lookup)), expected, text);
-  }
-  assert.deepEqual(parseAddress("[::1]:443", "connect", lookup), {
-    kind: "tcp",
-    host: "::1",
-    port: 443,
-  });
-  assert.deepEqual(parseAddress("/run/app.sock", "connect"), {
-    kind: "unix",
-    path: "/run/app.sock",
-  });
-  assert.throws(() => parseAddress("99999", "accept", lookup), /out of range/);
-  assert.throws(() => parseAddress("nope", "accept", lookup), /Unknown TCP service "nope"/);
-});
-
-Deno.test("address: service names come from /etc/services (tcp only, with aliases)", () => {
-  const services = "# comment\nhttp\t\t80/tcp\t\twww\t# WorldWideWeb\nfoo 5/udp\n";
-  assert.equal(lookupTcpService("http", services), 80);
-  assert.equal(lookupTcpService("www", services), 80);
-  assert.equal(lookupTcpService("foo", services), undefined);
 });
 
 // ---------------------------------------------------------------- reference texts

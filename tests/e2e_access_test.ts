@@ -12,25 +12,15 @@ import {
   assertEquals,
   assertMatch,
   assertRejects,
-  e2e,
-  echoRoundTrip,
-  echoServer,
-  encode,
   escapeRegExp,
-  freePorts,
-  GLOBALS,
-  LineReader,
-  makePki,
-  pollUntil,
-  PROXY,
-  type Proxy,
-  run,
-  type Scope,
-  startProxy,
-  tlsConnect,
-  waitClosed,
-  writeAll,
-} from "./helpers.ts";
+} from "./harness/assert.ts";
+import { encode, LineReader, waitClosed, writeAll } from "./harness/bytes.ts";
+import { PROXY } from "./harness/command.ts";
+import { echoRoundTrip, echoServer, freePorts, tlsConnect } from "./harness/net.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, run, type Scope } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { pollUntil } from "./harness/timing.ts";
 
 const pkiPromise = makePki();
 

@@ -11,30 +11,19 @@
  * `BINGO` (after connecting the backend) or `FAILED`.
  */
 
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
 import {
-  assert,
-  assertEquals,
-  assertMatch,
-  configError,
-  decode,
-  e2e,
   echoServer,
-  encode,
   freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  readExactly,
-  type Scope,
-  spawn,
-  startProxy,
   tcpConnect,
   tlsConnect,
   unansweredPort,
-  waitClosed,
   waitForPort,
-  writeAll,
-} from "./helpers.ts";
+} from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, type Scope, spawn } from "./harness/process.ts";
+import { configError, GLOBALS, startProxy } from "./harness/proxy.ts";
 
 const FS = 0x1c;
 /** The only BindResponse stunnel 5.68 accepts (long-form lengths, resultCode 0). */

@@ -14,18 +14,13 @@ import {
   assertMatch,
   assertNotEquals,
   assertNotMatch,
-  e2e,
   escapeRegExp,
-  freePorts,
-  GLOBALS,
-  isListening,
-  makePki,
-  PROXY,
-  PROXY_IS_STUNNEL,
-  run,
-  serverCertLines,
-  startProxy,
-} from "./helpers.ts";
+} from "./harness/assert.ts";
+import { PROXY, PROXY_IS_STUNNEL } from "./harness/command.ts";
+import { freePorts, isListening } from "./harness/net.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e, run } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
 import { findOption } from "../lib/config/options.ts";
 
 /** A valid server-mode service; its accept port must never listen when the file is bad. */

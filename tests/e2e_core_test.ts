@@ -7,35 +7,33 @@
  */
 
 import { createHash } from "node:crypto";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
 import {
-  assertEquals,
-  assertMatch,
-  curl,
   decode,
-  e2e,
-  echoServer,
   encode,
-  freePorts,
-  GLOBALS,
-  httpServer,
-  LOG_LINE,
-  makePki,
   MiB,
   patternDigest,
   readExactly,
-  sClient,
   sha256Hex,
-  sServer,
-  startProxy,
-  startStunnel4,
+  waitClosed,
+  writeAll,
+} from "./harness/bytes.ts";
+import {
+  curl,
+  echoServer,
+  freePorts,
+  httpServer,
   streamServer,
   tcpConnect,
   tcpTransfer,
   tlsConnect,
-  waitClosed,
   waitForPort,
-  writeAll,
-} from "./helpers.ts";
+} from "./harness/net.ts";
+import { sClient, sServer } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e } from "./harness/process.ts";
+import { GLOBALS, LOG_LINE, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
 
 /** A server-mode service: TLS on `accept`, plain to `connect`. */
 function serverService(name: string, accept: number, connect: number, certLines: string): string {

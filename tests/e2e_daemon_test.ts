@@ -12,26 +12,22 @@ import {
   assertMatch,
   assertNotEquals,
   assertNotMatch,
-  e2e,
+  escapeRegExp,
+} from "./harness/assert.ts";
+import { PROXY } from "./harness/command.ts";
+import {
   echoRoundTrip,
   echoServer,
-  escapeRegExp,
   freePorts,
-  GLOBALS,
   isListening,
-  makePki,
-  pollUntil,
-  PROXY,
-  type Scope,
-  serverCertLines,
-  sleep,
-  spawn,
-  type Spawned,
-  startProxy,
   tlsConnect,
   waitForPort,
   waitForPortClosed,
-} from "./helpers.ts";
+} from "./harness/net.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e, type Scope, spawn, type Spawned } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil, sleep } from "./harness/timing.ts";
 
 function service(name: string, accept: number, connect: number): string {
   return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${connect}\n`;

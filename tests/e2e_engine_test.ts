@@ -13,21 +13,15 @@ import {
   assertEquals,
   assertMatch,
   assertRejects,
-  e2e,
-  echoRoundTrip,
-  echoServer,
   escapeRegExp,
-  freePorts,
-  GLOBALS,
-  makePki,
-  sClient,
-  type Scope,
-  sha256Hex,
-  SOFTHSM_MODULE,
-  softHsmToken,
-  startProxy,
-  tlsConnect,
-} from "./helpers.ts";
+} from "./harness/assert.ts";
+import { sha256Hex } from "./harness/bytes.ts";
+import { echoRoundTrip, echoServer, freePorts, tlsConnect } from "./harness/net.ts";
+import { sClient } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, type Scope } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { SOFTHSM_MODULE, softHsmToken } from "./harness/softhsm.ts";
 
 const TOKEN = "stunnelTest";
 const PIN = "1234";

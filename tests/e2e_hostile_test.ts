@@ -5,31 +5,21 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_hostile_test.ts
  */
 
+import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
 import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertNotMatch,
   closeQuietly,
   concat,
-  e2e,
-  echoServer,
   encode,
-  freePort,
-  GLOBALS,
-  makePki,
-  pollUntil,
   readExactly,
-  sClientEcho,
-  serverCertLines,
-  sleep,
-  spawn,
-  startProxy,
-  tcpConnect,
-  tcpServer,
   waitClosed,
   writeAll,
-} from "./helpers.ts";
+} from "./harness/bytes.ts";
+import { echoServer, freePort, tcpConnect, tcpServer } from "./harness/net.ts";
+import { sClientEcho } from "./harness/openssl.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil, sleep } from "./harness/timing.ts";
 
 /**
  * A TLS 1.2 server (node, so OpenSSL) that answers each handshake with a HelloRequest and from

@@ -12,23 +12,21 @@ import {
   assertNotEquals,
   assertNotMatch,
   assertRejects,
-  e2e,
+} from "./harness/assert.ts";
+import { PROXY } from "./harness/command.ts";
+import {
   echoRoundTrip,
   echoServer,
   freePorts,
   isListening,
-  makePki,
-  pollUntil,
-  PROXY,
-  run as runCommand,
-  runProxy,
-  serverCertLines,
-  spawn,
-  startProxy,
   tlsConnect,
   waitForPort,
   waitForPortClosed,
-} from "./helpers.ts";
+} from "./harness/net.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e, run as runCommand, spawn } from "./harness/process.ts";
+import { runProxy, startProxy } from "./harness/proxy.ts";
+import { pollUntil } from "./harness/timing.ts";
 
 const HEADER = "foreground = yes\nsyslog = no\ndebug = debug\n";
 

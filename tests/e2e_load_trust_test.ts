@@ -16,25 +16,13 @@
  */
 
 import dgram from "node:dgram";
-import {
-  assert,
-  assertEquals,
-  closeQuietly,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  readExactly,
-  sleep,
-  startProxy,
-  tcpConnect,
-  tlsConnect,
-  waitClosed,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals } from "./harness/assert.ts";
+import { closeQuietly, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
+import { echoServer, freePorts, tcpConnect, tlsConnect } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { sleep } from "./harness/timing.ts";
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
 

@@ -6,32 +6,15 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_local_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  decode,
-  e2e,
-  encode,
-  freePorts,
-  GLOBALS,
-  LineReader,
-  makePki,
-  pollUntil,
-  PROXY,
-  readAll,
-  sClient,
-  type Scope,
-  sleep,
-  spawn,
-  type Spawned,
-  startProxy,
-  tcpServer,
-  tlsConnect,
-  waitClosed,
-  waitForPort,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, LineReader, readAll, waitClosed, writeAll } from "./harness/bytes.ts";
+import { PROXY } from "./harness/command.ts";
+import { freePorts, tcpServer, tlsConnect, waitForPort } from "./harness/net.ts";
+import { sClient } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, type Scope, spawn, type Spawned } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil, sleep } from "./harness/timing.ts";
 
 /** Writes an executable shell script into the scope's temp dir; returns its path. */
 async function script(scope: Scope, name: string, body: string): Promise<string> {

@@ -9,29 +9,14 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_manual2_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  decode,
-  e2e,
-  encode,
-  freePorts,
-  GLOBALS,
-  LineReader,
-  loadFixture,
-  makePki,
-  readExactly,
-  REPO,
-  SOFTHSM_MODULE,
-  softHsmToken,
-  spawn,
-  startProxy,
-  tcpConnect,
-  tlsConnect,
-  waitForPort,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, LineReader, readExactly, writeAll } from "./harness/bytes.ts";
+import { REPO } from "./harness/command.ts";
+import { freePorts, tcpConnect, tlsConnect, waitForPort } from "./harness/net.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, spawn } from "./harness/process.ts";
+import { GLOBALS, loadFixture, startProxy } from "./harness/proxy.ts";
+import { SOFTHSM_MODULE, softHsmToken } from "./harness/softhsm.ts";
 
 /** A line of the program on the terminal, with the terminal's CR LF. */
 async function ptyLine(lines: LineReader): Promise<string> {

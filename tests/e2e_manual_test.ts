@@ -7,24 +7,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_manual_test.ts
  */
 
-import {
-  assertEquals,
-  assertMatch,
-  decode,
-  e2e,
-  encode,
-  freePorts,
-  GLOBALS,
-  LineReader,
-  loadFixture,
-  makePki,
-  sClient,
-  startProxy,
-  tcpConnect,
-  tcpServer,
-  waitClosed,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, LineReader, waitClosed, writeAll } from "./harness/bytes.ts";
+import { freePorts, tcpConnect, tcpServer } from "./harness/net.ts";
+import { sClient } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e } from "./harness/process.ts";
+import { GLOBALS, loadFixture, startProxy } from "./harness/proxy.ts";
 
 /**
  * A tiny plain IMAP-ish server: greets with `* OK ready`, echoes every line, and answers

@@ -7,37 +7,31 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_network_test.ts
  */
 
+import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
 import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertNotMatch,
   closeQuietly,
   concat,
   decode,
-  e2e,
+  encode,
+  pattern,
+  readExactly,
+  waitClosed,
+  writeAll,
+} from "./harness/bytes.ts";
+import {
   echoRoundTrip,
   echoServer,
-  encode,
   freePorts,
-  GLOBALS,
-  makePki,
-  pattern,
-  pollUntil,
-  readExactly,
-  type Scope,
-  serverCertLines,
-  spawn,
-  startProxy,
   tcpConnect,
   tcpServer,
   tlsConnect,
   unansweredPort,
-  waitClosed,
   waitForPort,
-  withTimeout,
-  writeAll,
-} from "./helpers.ts";
+} from "./harness/net.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e, type Scope, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil, withTimeout } from "./harness/timing.ts";
 
 /** A TLS connection to the server-mode port that reads the backend's greeting line. */
 async function greetingVia(port: number): Promise<string> {

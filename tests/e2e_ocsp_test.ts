@@ -9,31 +9,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_ocsp_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertNotMatch,
-  type CertKey,
-  closeQuietly,
-  decode,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  pollUntil,
-  readExactly,
-  run,
-  type Scope,
-  startProxy,
-  tcpConnect,
-  tlsConnect,
-  unansweredPort,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
+import { closeQuietly, decode, encode, readExactly, writeAll } from "./harness/bytes.ts";
+import { echoServer, freePorts, tcpConnect, tlsConnect, unansweredPort } from "./harness/net.ts";
+import { type CertKey, makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil } from "./harness/timing.ts";
 import {
   answerWithoutNonce,
   type OcspResponder,

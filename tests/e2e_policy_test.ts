@@ -6,21 +6,11 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_policy_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  e2e,
-  echoServer,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  run,
-  type Scope,
-  spawn,
-  startProxy,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { echoServer, freePorts } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
 
 function service(name: string, accept: number, backend: number, extra: string): string {
   return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = 127.0.0.1:${backend}\n${extra}`;

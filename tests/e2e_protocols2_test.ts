@@ -12,33 +12,15 @@
  */
 
 import { peerServer } from "./scripted_peer.ts";
-import {
-  assertEquals,
-  assertMatch,
-  configError,
-  decode,
-  e2e,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  pollUntil,
-  PROXY,
-  type Proxy,
-  readExactly,
-  run,
-  type Scope,
-  spawn,
-  type Spawned,
-  startProxy,
-  startStunnel4,
-  tcpConnect,
-  tlsConnect,
-  waitClosed,
-  waitForPort,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
+import { PROXY } from "./harness/command.ts";
+import { freePorts, tcpConnect, tlsConnect, waitForPort } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope, spawn, type Spawned } from "./harness/process.ts";
+import { configError, GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
+import { pollUntil } from "./harness/timing.ts";
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
 

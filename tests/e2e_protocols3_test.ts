@@ -14,26 +14,13 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { createServer as createTlsServer } from "node:tls";
 import { peerServer, ScriptedPeer } from "./scripted_peer.ts";
-import {
-  assertEquals,
-  assertMatch,
-  configError,
-  decode,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  PROXY,
-  readExactly,
-  run,
-  type Scope,
-  startProxy,
-  tcpConnect,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, writeAll } from "./harness/bytes.ts";
+import { PROXY } from "./harness/command.ts";
+import { echoServer, freePorts, tcpConnect } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope } from "./harness/process.ts";
+import { configError, GLOBALS, startProxy } from "./harness/proxy.ts";
 
 const certLines = (pki: Pki) => `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
 

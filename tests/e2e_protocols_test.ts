@@ -8,25 +8,13 @@
  */
 
 import { peerServer } from "./scripted_peer.ts";
-import {
-  assertEquals,
-  assertMatch,
-  configError,
-  decode,
-  e2e,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  readExactly,
-  startProxy,
-  startStunnel4,
-  tcpConnect,
-  tcpServer,
-  waitClosed,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
+import { freePorts, tcpConnect, tcpServer } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e } from "./harness/process.ts";
+import { configError, GLOBALS, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
 
 // ------------------------------------------------------------------------------- helpers
 

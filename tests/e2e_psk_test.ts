@@ -7,28 +7,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_psk_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertNotMatch,
-  decode,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  type Proxy,
-  readAll,
-  readExactly,
-  type Scope,
-  spawn,
-  startProxy,
-  startStunnel4,
-  tcpConnect,
-  TimeoutError,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
+import { decode, encode, readAll, readExactly, writeAll } from "./harness/bytes.ts";
+import { echoServer, freePorts, tcpConnect } from "./harness/net.ts";
+import { e2e, type Scope, spawn } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
+import { TimeoutError } from "./harness/timing.ts";
 
 const ALICE = "00112233445566778899aabbccddeeff";
 const BOB = "0123456789abcdef0123456789abcdef0123";

@@ -8,21 +8,12 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_realpeers_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertNotMatch,
-  e2e,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  pollUntil,
-  run,
-  type Scope,
-  startProxy,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
+import { freePorts } from "./harness/net.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { pollUntil } from "./harness/timing.ts";
 import {
   MAIL_BODY,
   MAIL_PASS,

@@ -6,27 +6,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_reload_trust_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertRejects,
-  type Backend,
-  decode,
-  e2e,
-  echoRoundTrip,
-  echoServer,
-  freePorts,
-  GLOBALS,
-  makePki,
-  pollUntil,
-  type Proxy,
-  readExactly,
-  serverCertLines,
-  sleep,
-  startProxy,
-  tlsConnect,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./harness/assert.ts";
+import { decode, readExactly } from "./harness/bytes.ts";
+import { type Backend, echoRoundTrip, echoServer, freePorts, tlsConnect } from "./harness/net.ts";
+import { makePki, serverCertLines } from "./harness/pki.ts";
+import { e2e } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { pollUntil, sleep } from "./harness/timing.ts";
 
 function service(name: string, accept: number, connect: number, host = "127.0.0.1"): string {
   return `[${name}]\naccept = 127.0.0.1:${accept}\nconnect = ${host}:${connect}\n`;

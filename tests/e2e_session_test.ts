@@ -8,29 +8,15 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_session_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  decode,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Proxy,
-  readExactly,
-  sClientEcho,
-  type Scope,
-  sleep,
-  sServer,
-  startProxy,
-  startStunnel4,
-  tcpConnect,
-  waitForPort,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { decode, encode, readExactly, writeAll } from "./harness/bytes.ts";
+import { echoServer, freePorts, tcpConnect, waitForPort } from "./harness/net.ts";
+import { sClientEcho, sServer } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, type Scope } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { startStunnel4 } from "./harness/stunnel4.ts";
+import { sleep } from "./harness/timing.ts";
 
 const KEY = "000102030405060708090a0b0c0d0e0f";
 const MAC =
@@ -54,7 +40,7 @@ function secrets(key = KEY, mac = MAC): string {
   return `ticketKeySecret = ${key}\nticketMacSecret = ${mac}\n`;
 }
 
-/** One s_client connection through the echo backend (helpers.ts sClientEcho). */
+/** One s_client connection through the echo backend (harness/openssl.ts sClientEcho). */
 function sClientOnce(port: number, args: string[]): Promise<string> {
   return sClientEcho(port, args, "hello session");
 }

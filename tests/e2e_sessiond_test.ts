@@ -7,22 +7,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_sessiond_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  e2e,
-  echoServer,
-  freePorts,
-  GLOBALS,
-  makePki,
-  REPO,
-  sClientEcho,
-  type Scope,
-  spawn,
-  type Spawned,
-  startProxy,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { REPO } from "./harness/command.ts";
+import { echoServer, freePorts } from "./harness/net.ts";
+import { sClientEcho } from "./harness/openssl.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, type Scope, spawn, type Spawned } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
 
 /** The cache server on a free UDP port of 127.0.0.1; resolves once it listens. */
 async function sessiondServer(): Promise<{ port: number; server: Spawned }> {

@@ -12,49 +12,19 @@
  */
 
 import {
-  type Backend,
-  type CertKey,
-  closeQuietly,
-  decode,
-  e2e,
-  echoServer,
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
   escapeRegExp,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  PROXY_IS_STUNNEL,
-  run,
-  spawn,
-  startProxy,
-  tcpConnect,
-  withTimeout,
-} from "./helpers.ts";
-import { assert, assertEquals, assertMatch, assertNotEquals } from "./helpers.ts";
-import { matchesPattern } from "../lib/tls/sni.ts";
-
-Deno.test("SNI patterns: stunnel's matches_wildcard", () => {
-  const cases: [string, string, boolean][] = [
-    ["a.example.com", "a.example.com", true],
-    ["A.Example.COM", "a.example.com", true],
-    ["a.example.com", "b.example.com", false],
-    ["a.example.com", "example.com", false],
-    // `*` stands for any prefix: several labels, or none at all.
-    ["a.example.com", "*.example.com", true],
-    ["a.b.EXAMPLE.com", "*.example.com", true],
-    [".example.com", "*.example.com", true],
-    ["example.com", "*.example.com", false],
-    ["anything", "*", true],
-    // Only a leading `*` is special.
-    ["a.example.com", "a.*.com", false],
-    ["a.*.com", "a.*.com", true],
-    // strcasecmp in the C locale folds ASCII only.
-    ["É.example", "é.example", false],
-  ];
-  for (const [name, pattern, want] of cases) {
-    assertEquals(matchesPattern(name, pattern), want, `${name} vs ${pattern}`);
-  }
-});
+} from "./harness/assert.ts";
+import { closeQuietly, decode } from "./harness/bytes.ts";
+import { PROXY_IS_STUNNEL } from "./harness/command.ts";
+import { type Backend, echoServer, freePorts, tcpConnect } from "./harness/net.ts";
+import { type CertKey, makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { withTimeout } from "./harness/timing.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Certificates for the virtual names, issued by the harness CA

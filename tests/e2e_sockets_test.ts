@@ -12,26 +12,14 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_sockets_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  PROXY,
-  readExactly,
-  run,
-  type Scope,
-  sleep,
-  spawn,
-  startProxy,
-  tlsConnect,
-  writeAll,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { encode, readExactly, writeAll } from "./harness/bytes.ts";
+import { PROXY } from "./harness/command.ts";
+import { echoServer, freePorts, tlsConnect } from "./harness/net.ts";
+import { makePki } from "./harness/pki.ts";
+import { e2e, run, type Scope, spawn } from "./harness/process.ts";
+import { GLOBALS, startProxy } from "./harness/proxy.ts";
+import { sleep } from "./harness/timing.ts";
 
 /** A server-mode service: TLS on `accept`, plain to `connect`, with extra lines. */
 async function serverConfig(accept: number, connect: number, extra: string): Promise<string> {

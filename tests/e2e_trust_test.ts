@@ -13,24 +13,13 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_trust_test.ts
  */
 
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  type Backend,
-  e2e,
-  echoServer,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  type Proxy,
-  REPO,
-  sClientEcho,
-  type Scope,
-  spawn,
-  startProxy,
-} from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./harness/assert.ts";
+import { REPO } from "./harness/command.ts";
+import { type Backend, echoServer, freePorts } from "./harness/net.ts";
+import { sClientEcho } from "./harness/openssl.ts";
+import { makePki, type Pki } from "./harness/pki.ts";
+import { e2e, type Scope, spawn } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
 
 const LINE = "hello trust";
 const ALICE = "00112233445566778899aabbccddeeff";
@@ -52,7 +41,7 @@ interface Attempt {
   output: string;
 }
 
-/** One s_client connection that sends LINE through the echo backend (helpers.ts sClientEcho). */
+/** One s_client connection that sends LINE through the echo backend (harness/openssl.ts sClientEcho). */
 async function attempt(port: number, args: string[]): Promise<Attempt> {
   const output = await sClientEcho(port, args, LINE);
   const m = output.match(/^(New|Reused), (TLSv1\.[23]), Cipher is \S+$/m);

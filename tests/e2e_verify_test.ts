@@ -7,32 +7,14 @@
  * Run against the reference: PROXY_CMD=stunnel4 deno test -A tests/e2e_verify_test.ts
  */
 
-import {
-  assertEquals,
-  assertMatch,
-  type Backend,
-  type CertKey,
-  e2e,
-  echoServer,
-  encode,
-  freePorts,
-  GLOBALS,
-  makePki,
-  type Pki,
-  type Proxy,
-  run,
-  sClient,
-  type Scope,
-  type Spawned,
-  sServer,
-  startProxy,
-  tcpConnect,
-  TimeoutError,
-  waitClosed,
-  waitForPort,
-  withTimeout,
-  writeAll,
-} from "./helpers.ts";
+import { assertEquals, assertMatch } from "./harness/assert.ts";
+import { encode, waitClosed, writeAll } from "./harness/bytes.ts";
+import { type Backend, echoServer, freePorts, tcpConnect, waitForPort } from "./harness/net.ts";
+import { sClient, sServer } from "./harness/openssl.ts";
+import { type CertKey, makePki, type Pki } from "./harness/pki.ts";
+import { e2e, run, type Scope, type Spawned } from "./harness/process.ts";
+import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { TimeoutError, withTimeout } from "./harness/timing.ts";
 import { parseConfigText, systemEnv } from "../lib/config/parser.ts";
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
  * replayed answer without the request's nonce), "http-error" (HTTP 500), "hang" (never answers).
  */
 
-import type { Pki } from "./helpers.ts";
+import type { Pki } from "./harness/pki.ts";
 
 export type ResponderMode =
   | { kind: "openssl" }

@@ -4,7 +4,9 @@
  * started in the foreground by the running test and stopped with its scope.
  */
 
-import { type Pki, run, type Scope, spawn, type Spawned, waitForPort } from "./helpers.ts";
+import { waitForPort } from "./harness/net.ts";
+import type { Pki } from "./harness/pki.ts";
+import { run, type Scope, spawn, type Spawned } from "./harness/process.ts";
 
 export const PG_BIN = "/usr/lib/postgresql/15/bin";
 

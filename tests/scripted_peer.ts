@@ -2,7 +2,9 @@
 import { Buffer } from "node:buffer";
 import { createServer, type Socket } from "node:net";
 import { TLSSocket } from "node:tls";
-import { assertEquals, type Pki, type Scope } from "./helpers.ts";
+import { assertEquals } from "./harness/assert.ts";
+import type { Pki } from "./harness/pki.ts";
+import type { Scope } from "./harness/process.ts";
 
 /** A node socket read by lines or bytes, until it is upgraded to TLS (then it echoes). */
 export class ScriptedPeer {

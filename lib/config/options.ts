@@ -117,6 +117,15 @@ function enumOf<T extends string>(values: Record<string, T>, message: string): K
   };
 }
 
+/** A choice of `words` (stored as spelled here); stunnel's message names every one. */
+function either<T extends string>(...words: T[]): Kind<T> {
+  const quoted = words.map((word) => `'${word}'`);
+  return enumOf(
+    Object.fromEntries(words.map((word) => [word, word])) as Record<string, T>,
+    `The argument needs to be either ${quoted.slice(0, -1).join(", ")} or ${quoted.at(-1)}`,
+  );
+}
+
 /** strtol-style decimal integer within [min, max]. */
 function integer(message: string, min = 0, max = Number.MAX_SAFE_INTEGER): Kind<number> {
   return {
@@ -527,10 +536,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "foreground",
     scope: "global",
     status: "supported",
-    ...enumOf<"yes" | "quiet" | "no">(
-      { yes: "yes", quiet: "quiet", no: "no" },
-      "The argument needs to be either 'yes', 'quiet' or 'no'",
-    ),
+    ...either("yes", "quiet", "no"),
     store: toGlobal("foreground"),
     default: "no",
     help: "yes|quiet|no foreground mode (don't fork, log to stderr)",
@@ -569,10 +575,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "log",
     scope: "global",
     status: "supported",
-    ...enumOf<"append" | "overwrite">(
-      { append: "append", overwrite: "overwrite" },
-      "The argument needs to be either 'append' or 'overwrite'",
-    ),
+    ...either("append", "overwrite"),
     store: toGlobal("log"),
     default: "append",
     help: "append|overwrite log file",
@@ -876,10 +879,7 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "failover",
     scope: "service",
     status: "supported",
-    ...enumOf<"rr" | "prio">(
-      { rr: "rr", prio: "prio" },
-      "The argument needs to be either 'rr' or 'prio'",
-    ),
+    ...either("rr", "prio"),
     store: toService("failover"),
     default: "prio",
     help: "rr|prio failover strategy",

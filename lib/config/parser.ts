@@ -263,32 +263,52 @@ function includeDirectory(dir: string, raw: string, where: Where, state: State):
   }
 }
 
+type Fail = (reason: string) => never;
+
 /** End-of-section checks and derived defaults, in stunnel's order where it has them. */
 function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOptions[]): void {
   const prefix = inetd ? "Inetd mode" : `Service [${service.name}]`;
-  const fail = (reason: string): never => {
+  const fail: Fail = (reason) => {
     throw new ConfigError(`${prefix}: ${reason}`);
   };
   // A later `sni` replaces an earlier one, in both modes, as in stunnel.
   service.sni = service.sni.slice(-1);
-  const sni = service.sni[0];
-  const sniWhere = service.where.sni;
-  const sniFail: (reason: string) => never = (reason) => {
-    throw new ConfigError(
-      `${prefix}: ${sniWhere.file}:${sniWhere.line}: "sni = ${sni}": ${reason}`,
-      { where: sniWhere },
-    );
-  };
-
-  if (service.client && sni?.includes(":")) {
+  const sniFail = sniFailure(service, prefix);
+  if (service.client && service.sni[0]?.includes(":")) {
     sniFail(
       'SERVICE:PATTERN is the server-mode form of "sni" (SNI secondary services are TLS servers)',
     );
   }
+  checkCredentials(service, fail);
+  if (!service.client && service.sni[0] !== undefined) {
+    attachToSniPrimary(service, inetd ? [] : known, sniFail);
+  }
+  checkProtocolOptions(service, prefix);
+  deriveDefaults(service);
+  checkPeerAuthentication(service, fail);
+  checkEndpoints(service, inetd, fail);
+  checkSocketSupport(service, inetd, fail);
+}
+
+/** The failure of the section's (last) `sni` line. */
+function sniFailure(service: ServiceOptions, prefix: string): Fail {
+  const sni = service.sni[0];
+  const where = service.where.sni;
+  return (reason) => {
+    throw new ConfigError(`${prefix}: ${where.file}:${where.line}: "sni = ${sni}": ${reason}`, {
+      where,
+    });
+  };
+}
+
+/**
+ * A server's certificate (or PSK keys), then PSK and ticket secrets as stunnel checks them (each
+ * is ignored in the other mode).
+ */
+function checkCredentials(service: ServiceOptions, fail: Fail): void {
   if (!service.client && !service.cert && !service.PSKsecrets) {
     fail("TLS server needs a certificate");
   }
-  // PSK and ticket secrets, as stunnel checks them (each is ignored in the other mode).
   const psk = service.PSKsecrets;
   if (service.client && psk && service.PSKidentity !== undefined) {
     if (!psk.keys.some((k) => k.identity === service.PSKidentity)) {
@@ -298,34 +318,49 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
   if (!service.client && !service.ticketKeySecret !== !service.ticketMacSecret) {
     fail('"ticketKeySecret" and "ticketMacSecret" must be set together');
   }
-  if (!service.client && sni !== undefined) {
-    // An SNI secondary service; its primary service must be a server-mode section defined
-    // before it (or this one), as in stunnel.
-    const colon = sni.indexOf(":");
-    if (colon < 0) sniFail("Invalid SNI parameter format");
-    const virtual = { master: sni.slice(0, colon), pattern: sni.slice(colon + 1) };
-    const master = inetd ? undefined : known.find((s) => s.name === virtual.master);
-    if (!master) sniFail("SNI section name not found");
-    else if (master.client) sniFail("SNI primary service is a TLS client");
-    service.sniVirtual = virtual;
-    // stunnel: a renegotiation always negotiates a new session, as the secondary service's
-    // settings (including access control) differ from the primary's.
-    service.options.push("NO_SESSION_RESUMPTION_ON_RENEGOTIATION");
+}
+
+/**
+ * An SNI secondary service (server mode, `sni = SERVICE:PATTERN`); its primary service must be
+ * a server-mode section among `candidates`, defined before it (or this one), as in stunnel.
+ */
+function attachToSniPrimary(
+  service: ServiceOptions,
+  candidates: ServiceOptions[],
+  sniFail: Fail,
+): void {
+  const sni = service.sni[0];
+  const colon = sni.indexOf(":");
+  if (colon < 0) sniFail("Invalid SNI parameter format");
+  const virtual = { master: sni.slice(0, colon), pattern: sni.slice(colon + 1) };
+  const master = candidates.find((s) => s.name === virtual.master);
+  if (!master) sniFail("SNI section name not found");
+  else if (master.client) sniFail("SNI primary service is a TLS client");
+  service.sniVirtual = virtual;
+  // stunnel: a renegotiation always negotiates a new session, as the secondary service's
+  // settings (including access control) differ from the primary's.
+  service.options.push("NO_SESSION_RESUMPTION_ON_RENEGOTIATION");
+}
+
+/** `protocol` and the protocol* options (config/protocols.ts). */
+function checkProtocolOptions(service: ServiceOptions, prefix: string): void {
+  const problem = checkProtocol(service);
+  if (problem) {
+    throw new ConfigError(`${prefix}: ${problem.message}`, { where: problem.where });
   }
-  // `protocol` and the protocol* options (protocols/mod.ts).
-  const protocolProblem = checkProtocol(service);
-  if (protocolProblem) {
-    throw new ConfigError(`${prefix}: ${protocolProblem.message}`, {
-      where: protocolProblem.where,
-    });
-  }
+}
+
+function deriveDefaults(service: ServiceOptions): void {
   // The manual: "Delayed resolver inflicts failover = prio".
   if (service.delay) service.failover = "prio";
   if (service.cert && !service.key) {
     service.key = service.cert;
     service.where.key = service.where.cert;
   }
-  // Peer authentication, in stunnel's order (checkEmail/Host/IP, redirect, verifyChain/Peer).
+}
+
+/** Peer authentication, in stunnel's order (checkEmail/Host/IP, redirect, verifyChain/Peer). */
+function checkPeerAuthentication(service: ServiceOptions, fail: Fail): void {
   const verifies = service.verifyChain || service.verifyPeer;
   const subjectChecks = service.checkEmail.length + service.checkHost.length +
     service.checkIP.length;
@@ -339,7 +374,10 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
   if (verifies && !service.CAfile && !service.CApath && service.CAengine.length === 0) {
     fail('Either "CAengine", "CAfile" or "CApath" has to be configured');
   }
+}
 
+/** Two endpoints in a section (accept and connect, or their stand-ins), one in inetd mode. */
+function checkEndpoints(service: ServiceOptions, inetd: boolean, fail: Fail): void {
   const endpoints = [
     service.accept !== undefined,
     service.connect.length > 0,
@@ -363,11 +401,10 @@ function finishService(service: ServiceOptions, inetd: boolean, known: ServiceOp
     }
     fail("Each service must define two endpoints");
   }
-  checkSocketSupport(service, inetd, fail);
 }
 
 /** What lib/sockopt.ts, lib/localsock.ts and lib/netconn.ts cannot do on this runtime. */
-function checkSocketSupport(s: ServiceOptions, inetd: boolean, fail: (r: string) => never): void {
+function checkSocketSupport(s: ServiceOptions, inetd: boolean, fail: Fail): void {
   const at = (option: string) => {
     const w = s.where[option];
     return w ? `${w.file}:${w.line}: ` : "";

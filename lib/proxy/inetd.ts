@@ -5,11 +5,11 @@
  * syslog, never to stdout (that is the connection).
  */
 import { Connection } from "./connection.ts";
-import { describeSource } from "../config/parser.ts";
 import { newRuntime } from "./daemon.ts";
 import { setUpGlobalCrypto } from "../tls/engine.ts";
 import { lib } from "../sys/ffi.ts";
-import { early, LogSink } from "../sys/log.ts";
+import { early } from "../sys/log.ts";
+import { openStartupLog } from "./startup.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
 import { type Conn, UNNAMED } from "../net/conn.ts";
@@ -86,17 +86,9 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
     early(3, "Configuration failed");
     return 1;
   }
-  const sink = new LogSink(config.global, config.global.foreground === "yes" ? 7 : -1);
-  try {
-    sink.open();
-  } catch (e) {
-    early(3, `Cannot open log file: ${config.global.output}: ${(e as Error).message}`);
-    early(3, "Configuration failed");
-    return 1;
-  }
-  const ui = sink.bind("ui", config.global.debugLevel);
-  for (const line of banner) ui(5, line);
-  ui(5, `Reading configuration from ${describeSource(config.source)}`);
+  const started = openStartupLog(config, banner);
+  if (!started) return 1;
+  const { sink, ui } = started;
   // stunnel names the section of inetd mode after the global `service` option.
   const opts = { ...config.services[0], name: config.global.service };
   const runtime = newRuntime(false);

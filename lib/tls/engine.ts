@@ -11,7 +11,7 @@
 import { cstr, drainErrors, lib, type Ptr, readCString } from "../sys/ffi.ts";
 import { seedPrng } from "./random.ts";
 import { TlsError } from "./core.ts";
-import type { ConfigLine, EngineRef, GlobalOptions } from "../config/types.ts";
+import type { ConfigLine, EngineRef, EngineStep, GlobalOptions } from "../config/types.ts";
 
 type Log = (level: number, message: string) => void;
 
@@ -98,95 +98,125 @@ function listAllEngines(): OpenEngine[] {
 }
 
 function runEngineSteps(global: GlobalOptions, log: Log): void {
-  const { crypto } = lib();
   engines = [];
+  const setup = new EngineSetup(log);
+  for (const step of global.engineSteps) setup.run(step);
+  // The end of the global options: stunnel logs a failure here and carries on.
+  setup.initialize();
+}
+
+/** The `engine`, `engineCtrl` and `engineDefault` lines, one at a time, onto `engines`. */
+class EngineSetup {
   /** The last engine opened by name still waits for ENGINE_init (stunnel: engine_initialized). */
-  let pending = false;
-  const current = () => engines[engines.length - 1];
-  const label = () => `#${engines.length} (${current().id})`;
-  /** Returns the reason of a failure (logged already), or undefined. */
-  const initialize = (): string | undefined => {
-    if (!pending) return undefined;
-    pending = false;
-    log(7, `Initializing engine ${label()}`);
-    if (crypto.ENGINE_init(current().engine) !== 1) {
+  private pending = false;
+
+  constructor(private readonly log: Log) {}
+
+  run({ option, value, line }: EngineStep): void {
+    if (option === "engine" && value.toLowerCase() === "auto") this.enableAll();
+    else if (option === "engine") this.open(value, line);
+    else if (engines.length === 0) throw lineError(line, "No engine was defined");
+    else if (option === "engineCtrl") this.control(value, line);
+    else this.setDefault(value, line);
+  }
+
+  /** Initializes the pending engine; returns the reason of a failure (logged already). */
+  initialize(): string | undefined {
+    if (!this.pending) return undefined;
+    this.pending = false;
+    const { crypto } = lib();
+    this.log(7, `Initializing engine ${this.label()}`);
+    if (crypto.ENGINE_init(this.current().engine) !== 1) {
       if (crypto.ERR_peek_last_error() !== 0n) {
-        for (const l of sslError("ENGINE_init")) log(3, l);
-      } else log(3, `Engine ${label()} not initialized`);
+        for (const l of sslError("ENGINE_init")) this.log(3, l);
+      } else this.log(3, `Engine ${this.label()} not initialized`);
       return "Engine initialization failed";
     }
-    log(6, `Engine ${label()} initialized`);
+    this.log(6, `Engine ${this.label()} initialized`);
     return undefined;
-  };
-  for (const { option, value, line } of global.engineSteps) {
-    if (option === "engine" && value.toLowerCase() === "auto") {
-      log(6, "Enabling automatic engine support");
-      crypto.ENGINE_register_all_complete();
-      drainErrors();
-      pending = false;
-      engines = [];
-      for (const e of listAllEngines()) {
-        engines.push(e);
-        log(6, `Engine #${engines.length} (${e.id}) registered`);
-      }
-      log(6, "Automatic engine support enabled");
-    } else if (option === "engine") {
-      // As in stunnel, the previous engine is initialized first, whatever comes of it.
-      initialize();
-      log(7, `Enabling support for engine "${value}"`);
-      const engine = crypto.ENGINE_by_id(cstr(value));
-      if (engine === null) {
-        throw lineError(line, "Failed to open the engine", sslError("ENGINE_by_id"));
-      }
-      engines.push({ id: engineId(engine), engine });
-      pending = true;
-      // stunnel hands engines a logging callback where they take one; none is handed here.
-      log(6, `Logging not supported by engine ${label()}`);
-      const ui = crypto.UI_OpenSSL();
-      if (crypto.ENGINE_ctrl(engine, ENGINE_CTRL_SET_USER_INTERFACE, 0n, ui, null) > 0) {
-        log(5, `UI set for engine ${label()}`);
-      } else {
-        drainErrors();
-        log(6, `UI not supported by engine ${label()}`);
-      }
-    } else if (engines.length === 0) {
-      throw lineError(line, "No engine was defined");
-    } else if (option === "engineCtrl") {
-      const colon = value.indexOf(":");
-      const command = colon < 0 ? value : value.slice(0, colon);
-      const argument = colon < 0 ? undefined : value.slice(colon + 1);
-      if (command.toLowerCase() === "init") {
-        const failed = initialize();
-        if (failed) throw lineError(line, failed);
-        continue;
-      }
-      log(7, `Executing engine control command ${value}`);
-      const ok = crypto.ENGINE_ctrl_cmd_string(
-        current().engine,
-        cstr(command),
-        argument === undefined ? null : cstr(argument),
-        0,
-      );
-      if (ok !== 1) {
-        throw lineError(
-          line,
-          "Failed to execute the engine control command",
-          sslError("ENGINE_ctrl_cmd_string"),
-        );
-      }
+  }
+
+  private current(): OpenEngine {
+    return engines[engines.length - 1];
+  }
+
+  private label(): string {
+    return `#${engines.length} (${this.current().id})`;
+  }
+
+  /** `engine = auto`: every engine OpenSSL has, registered. */
+  private enableAll(): void {
+    this.log(6, "Enabling automatic engine support");
+    lib().crypto.ENGINE_register_all_complete();
+    drainErrors();
+    this.pending = false;
+    engines = [];
+    for (const e of listAllEngines()) {
+      engines.push(e);
+      this.log(6, `Engine #${engines.length} (${e.id}) registered`);
+    }
+    this.log(6, "Automatic engine support enabled");
+  }
+
+  private open(id: string, line: ConfigLine): void {
+    const { crypto } = lib();
+    // As in stunnel, the previous engine is initialized first, whatever comes of it.
+    this.initialize();
+    this.log(7, `Enabling support for engine "${id}"`);
+    const engine = crypto.ENGINE_by_id(cstr(id));
+    if (engine === null) {
+      throw lineError(line, "Failed to open the engine", sslError("ENGINE_by_id"));
+    }
+    engines.push({ id: engineId(engine), engine });
+    this.pending = true;
+    // stunnel hands engines a logging callback where they take one; none is handed here.
+    this.log(6, `Logging not supported by engine ${this.label()}`);
+    const ui = crypto.UI_OpenSSL();
+    if (crypto.ENGINE_ctrl(engine, ENGINE_CTRL_SET_USER_INTERFACE, 0n, ui, null) > 0) {
+      this.log(5, `UI set for engine ${this.label()}`);
     } else {
-      if (crypto.ENGINE_set_default_string(current().engine, cstr(value)) !== 1) {
-        throw lineError(
-          line,
-          "Failed to set engine as default",
-          sslError("ENGINE_set_default_string"),
-        );
-      }
-      log(6, `Engine ${label()} set as default for ${value}`);
+      drainErrors();
+      this.log(6, `UI not supported by engine ${this.label()}`);
     }
   }
-  // The end of the global options: stunnel logs a failure here and carries on.
-  initialize();
+
+  /** `engineCtrl = COMMAND[:ARGUMENT]`; `init` initializes the engine now. */
+  private control(value: string, line: ConfigLine): void {
+    const colon = value.indexOf(":");
+    const command = colon < 0 ? value : value.slice(0, colon);
+    const argument = colon < 0 ? undefined : value.slice(colon + 1);
+    if (command.toLowerCase() === "init") {
+      const failed = this.initialize();
+      if (failed) throw lineError(line, failed);
+      return;
+    }
+    this.log(7, `Executing engine control command ${value}`);
+    const ok = lib().crypto.ENGINE_ctrl_cmd_string(
+      this.current().engine,
+      cstr(command),
+      argument === undefined ? null : cstr(argument),
+      0,
+    );
+    if (ok !== 1) {
+      throw lineError(
+        line,
+        "Failed to execute the engine control command",
+        sslError("ENGINE_ctrl_cmd_string"),
+      );
+    }
+  }
+
+  /** `engineDefault = TASK,...` */
+  private setDefault(tasks: string, line: ConfigLine): void {
+    if (lib().crypto.ENGINE_set_default_string(this.current().engine, cstr(tasks)) !== 1) {
+      throw lineError(
+        line,
+        "Failed to set engine as default",
+        sslError("ENGINE_set_default_string"),
+      );
+    }
+    this.log(6, `Engine ${this.label()} set as default for ${tasks}`);
+  }
 }
 
 function setFipsMode(fips: boolean, log: Log): boolean {
