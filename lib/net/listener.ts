@@ -4,7 +4,7 @@
  * is found once, right after Deno made it.
  */
 import type { Logger } from "../sys/log.ts";
-import { findListenerFds, openFds, socketName } from "../sys/sockfd.ts";
+import { findListenerFds, openFds, socketIdentity, socketName } from "../sys/sockfd.ts";
 import { setOptions, setQuietly, type SocketOption, type SocketOptions } from "./sockopt.ts";
 
 /** An accept option that could not be set: the service is not bound (stunnel's words). */
@@ -14,8 +14,8 @@ export class ListenerOptionsError extends Error {}
  * The sockets open before a listener is made (see findListenerFds). Only sockets: the number of
  * the directory read to list them is free again for the listener.
  */
-export function fdSnapshot(): Set<number> {
-  return new Set(openFds().filter((fd) => socketName(fd) !== undefined));
+export function fdSnapshot(): Set<string> {
+  return new Set(openFds().filter((fd) => socketName(fd) !== undefined).map(socketIdentity));
 }
 
 /**
@@ -27,7 +27,7 @@ export function fdSnapshot(): Set<number> {
  */
 export function configureListener(
   listener: Deno.Listener,
-  before: Set<number> | undefined,
+  before: Set<string> | undefined,
   sockets: SocketOptions,
   log: Logger,
 ): SocketOption[] {

@@ -152,7 +152,7 @@ export class Service {
   }
 
   /** Socket options of the new listener (listener.ts); closes it if an accept option fails. */
-  private configureListener(before: Set<number>, log: Logger): SocketOption[] {
+  private configureListener(before: Set<string>, log: Logger): SocketOption[] {
     try {
       return configureListener(this.listener!, before, this.sockets, log);
     } catch (e) {

@@ -193,15 +193,27 @@ export function findConnFd(
 }
 
 /**
- * The listening sockets bound to `addr`, leaving out the descriptors in `before` (the sockets
- * open just before a listener was made). Another thread's listener on the same address may be
+ * The listening sockets bound to `addr`, leaving out those in `before` (the socketIdentity of
+ * each socket open just before a listener was made). Another thread's listener on the same address may be
  * among them when both were made at once (SO_REUSEPORT); all threads run the same
  * configuration, so setting the same options on it too is harmless.
  */
-export function findListenerFds(addr: Deno.Addr, before?: Set<number>): number[] {
+export function findListenerFds(addr: Deno.Addr, before?: Set<string>): number[] {
   const want = addrKey(addr);
   return openFds().filter((fd) =>
-    !before?.has(fd) && addrKey(socketName(fd)) === want &&
-    intOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1
+    addrKey(socketName(fd)) === want && intOption(fd, SOL_SOCKET, SO_ACCEPTCONN) === 1 &&
+    !before?.has(socketIdentity(fd))
   );
+}
+
+/**
+ * A socket's descriptor and inode (`3:socket:[1234]`): another thread may close a socket and
+ * the number be reused for a new one, which is then a different socket.
+ */
+export function socketIdentity(fd: number): string {
+  try {
+    return `${fd}:${Deno.readLinkSync(`/proc/self/fd/${fd}`)}`;
+  } catch {
+    return `${fd}:closed`;
+  }
 }
