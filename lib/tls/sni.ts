@@ -213,14 +213,19 @@ function onClientHello(ssl: Ptr): HelloVerdict {
     expected.set(key, service);
     return SSL_CLIENT_HELLO_SUCCESS;
   } catch (e) {
-    try {
-      const lines = e instanceof TlsError ? e.logLines() : [String(e)];
-      for (const line of lines) peer?.log(3, line);
-      drainErrors();
-    } catch {
-      // nothing more to be done from inside OpenSSL
-    }
+    logFailure(peer, e);
     return SSL_CLIENT_HELLO_ERROR;
+  }
+}
+
+/** A failure inside an OpenSSL callback: logged, and the error queue left empty. */
+function logFailure(peer: SniPeer | undefined, e: unknown): void {
+  try {
+    const lines = e instanceof TlsError ? e.logLines() : [String(e)];
+    for (const line of lines) peer?.log(3, line);
+    drainErrors();
+  } catch {
+    // nothing more to be done from inside OpenSSL
   }
 }
 
@@ -261,13 +266,7 @@ function onServername(ssl: Ptr): number {
     return SSL_TLSEXT_ERR_OK;
   } catch (e) {
     // Half switched is no state to go on from: the handshake ends with an alert.
-    try {
-      const lines = e instanceof TlsError ? e.logLines() : [String(e)];
-      for (const line of lines) peer?.log(3, line);
-      drainErrors();
-    } catch {
-      // nothing more to be done from inside OpenSSL
-    }
+    logFailure(peer, e);
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   }
 }
