@@ -253,9 +253,11 @@ export class Service {
     const own = this.ownRemoteSocket ? this.remoteSetup(peer) : undefined;
     for (let i = 0; i < targets.length; i++) {
       const t = targets[(start + i) % targets.length];
-      if (own) {
+      // Deno.connect refuses port 0; connect(2) tells what it does (refused, on loopback).
+      const setup = own ?? (t.kind === "tcp" && t.port === 0 ? this.remoteSetup(peer) : undefined);
+      if (setup) {
         // netconn.ts logs the attempt itself, in stunnel's order (bind, then connect).
-        const conn = await connectOwn(t, own, log);
+        const conn = await connectOwn(t, setup, log);
         if (conn) return conn;
         continue;
       }
