@@ -12,17 +12,26 @@ import {
   assert,
   assertEquals,
   assertMatch,
+  closeQuietly,
+  decode,
   e2e,
   echoRoundTrip,
   echoServer,
   encode,
   freePorts,
   GLOBALS,
+  LineReader,
   makePki,
+  pollUntil,
+  PROXY,
+  type Proxy,
   readAll,
+  type Scope,
+  spawn,
   startProxy,
   tcpConnect,
   tlsConnect,
+  waitForPortClosed,
   writeAll,
 } from "./helpers.ts";
 
@@ -61,3 +70,263 @@ e2e("redirect = 127.0.0.1:0: an authenticated client goes to connect", {}, async
   tls.close();
   assertEquals(echo.connections, 1);
 });
+
+// ---------------------------------------------------------------------------------------------
+// Several `accept` lines: an address that cannot be bound is left out
+
+e2e("accept lines: a busy address is logged and left out, the others serve", {}, async (s) => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  s.defer(() => busy.close());
+  const busyPort = (busy.addr as Deno.NetAddr).port;
+  const [a, b] = freePorts(2);
+  const proxy = await startProxy(
+    GLOBALS + `[multi]\naccept = 127.0.0.1:${a}\naccept = 127.0.0.1:${busyPort}\n` +
+      `accept = 127.0.0.1:${b}\nconnect = 127.0.0.1:${echo.port}\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+    { waitPorts: [a, b] },
+  );
+  await proxy.waitForLog(/Accepting new connections/);
+  assertMatch(
+    proxy.log(),
+    new RegExp(
+      `Binding service \\[multi\\] to 127\\.0\\.0\\.1:${busyPort}: ` +
+        "Address already in use \\(98\\)",
+    ),
+  );
+  for (const port of [a, b]) {
+    assertMatch(
+      proxy.log(),
+      new RegExp(`Service \\[multi\\] \\(FD=\\d+\\) bound to 127\\.0\\.0\\.1:${port}$`, "m"),
+    );
+    const tls = await tlsConnect(port, pki.caPem);
+    await echoRoundTrip(tls, `via ${port}\n`);
+    tls.close();
+  }
+});
+
+e2e("accept lines: a service with no address bound fails", {}, async (s) => {
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  s.defer(() => busy.close());
+  const busyPort = (busy.addr as Deno.NetAddr).port;
+  const proxy = await startProxy(
+    GLOBALS + `[none]\nclient = yes\naccept = 127.0.0.1:${busyPort}\nconnect = 127.0.0.1:1\n`,
+    { waitPorts: [], allowFailure: true },
+  );
+  const status = await proxy.exited;
+  assert(!status.success, "the proxy must not run without a bound address");
+  assertMatch(proxy.log(), /Binding service \[none\] to 127\.0\.0\.1:\d+: Address already in use/);
+  assertMatch(proxy.log(), /Binding service \[none\] failed/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Reload: the lines that say which addresses the new configuration listens on
+
+/** The port of the last `Service [NAME] (FD=N) bound to 127.0.0.1:PORT` line in `log`. */
+function lastBoundPort(log: string, name: string): number {
+  const re = new RegExp(
+    `Service \\[${name}\\] \\(FD=\\d+\\) bound to 127\\.0\\.0\\.1:(\\d+)$`,
+    "gm",
+  );
+  const all = [...log.matchAll(re)];
+  assert(all.length > 0, `no bound line of [${name}]`);
+  return Number(all[all.length - 1][1]);
+}
+
+e2e("reload: unbinding and binding lines; accept on port 0 is served", {}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const conf = (extra: string) =>
+    GLOBALS + `[r]\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:${echo.port}\n` +
+    `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n${extra}`;
+  const proxy = await startProxy(conf(""), { waitPorts: [] });
+  await proxy.waitForLog(/Accepting new connections/);
+  await proxy.writeConfig(conf("TIMEOUTidle = 60\n"));
+  const before = proxy.log().length;
+  proxy.signal("SIGHUP");
+  // What a tool waiting for the reload sees: the old service unbound, the new one bound (ours
+  // binds the new one first, so that a failure can keep the old configuration).
+  await proxy.waitForLogCount(/Service \[r\] \(FD=\d+\) bound to/, 2);
+  await proxy.waitForLog(/Service \[r\] closed$/m);
+  const after = proxy.log().slice(before);
+  assertMatch(after, /Unbinding service \[r\]/);
+  assertMatch(after, /Binding service \[r\]$/m);
+  const port = lastBoundPort(after, "r");
+  const tls = await tlsConnect(port, pki.caPem);
+  await echoRoundTrip(tls, "after the reload\n");
+  tls.close();
+});
+
+e2e("reload: a changed accept address is closed and the new one bound", {}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [p1, p2] = freePorts(2);
+  const conf = (port: number) =>
+    GLOBALS + `[r]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n` +
+    `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`;
+  const proxy = await startProxy(conf(p1));
+  await proxy.writeConfig(conf(p2));
+  proxy.signal("SIGHUP");
+  await proxy.waitForLog(
+    new RegExp(`Service \\[r\\] \\(FD=\\d+\\) bound to 127\\.0\\.0\\.1:${p2}$`, "m"),
+  );
+  await proxy.waitForLog(/Service \[r\] closed \(FD=\d+\)/);
+  await waitForPortClosed(p1);
+  const tls = await tlsConnect(p2, pki.caPem);
+  await echoRoundTrip(tls, "on the new port\n");
+  tls.close();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Inetd mode on pipes (a program that starts the proxy with its stdin and stdout)
+
+/** A TLS server that answers each connection's first line with "got LINE" and closes it. */
+async function tlsAnswerer(scope: Scope): Promise<number> {
+  const pki = await makePki();
+  const listener = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(pki.serverEc.cert),
+    key: await Deno.readTextFile(pki.serverEc.key),
+  });
+  scope.defer(() => listener.close());
+  (async () => {
+    for await (const conn of listener) {
+      const lines = new LineReader(conn);
+      lines.readLine(10_000).then((line) => writeAll(conn, encode(`got ${line}`)))
+        .catch(() => {}).finally(() => closeQuietly(conn));
+    }
+  })().catch(() => {});
+  return (listener.addr as Deno.NetAddr).port;
+}
+
+e2e("inetd mode on pipes: started, and accepted from nobody", {}, async (s) => {
+  const port = await tlsAnswerer(s);
+  const dir = await s.tempDir("e2e-upstream-");
+  const conf = `${dir}/stunnel.conf`;
+  await Deno.writeTextFile(
+    conf,
+    `foreground = yes\ndebug = debug\nsyslog = no\nservice = inetd\nclient = yes\n` +
+      `connect = 127.0.0.1:${port}\n`,
+  );
+  const proxy = spawn([...PROXY, conf]);
+  // Tools start talking once this line is there.
+  await proxy.stderr.waitFor(
+    () => /LOG7\[0\]: Service \[inetd\] started$/m.test(proxy.stderr.text()),
+    10_000,
+    "Service [inetd] started",
+  );
+  await proxy.write("hello\n");
+  assertEquals(decode(await proxy.readStdout("got hello\n".length)), "got hello\n");
+  await proxy.closeStdin();
+  assert((await proxy.exited).success, "the proxy ends with the connection");
+  assertMatch(proxy.stderr.text(), /LOG5\[0\]: Service \[inetd\] accepted connection$/m);
+});
+
+// ---------------------------------------------------------------------------------------------
+// connect+exec sections: the program is the client side, on one end of a loopback socket pair
+
+/**
+ * A connect+exec program: says whether its stdin is a socket, reads the answer (an echo) and
+ * appends it to `results`, then ends (the section's connection with it).
+ */
+async function roundTrip(scope: Scope): Promise<{ program: string; results: string }> {
+  const dir = await scope.tempDir("e2e-upstream-");
+  const program = `${dir}/round.sh`;
+  const results = `${dir}/results`;
+  await Deno.writeTextFile(
+    program,
+    `#!/bin/sh\nif [ -S /dev/stdin ]; then echo socket; else echo pipe; fi\n` +
+      `read reply\necho "$reply" >> ${results}\n`,
+  );
+  await Deno.chmod(program, 0o755);
+  return { program, results };
+}
+
+async function resultLines(results: string): Promise<string[]> {
+  const text = await Deno.readTextFile(results).catch(() => "");
+  return text.split("\n").filter((l) => l !== "");
+}
+
+/** Server-mode services s1..sN in one proxy, each to the echo backend; returns their ports. */
+async function tlsServers(n: number, backend: number): Promise<{ proxy: Proxy; ports: number[] }> {
+  const pki = await makePki();
+  const ports = freePorts(n);
+  const sections = ports.map((port, i) =>
+    `[s${i + 1}]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${backend}\n` +
+    `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`
+  );
+  return { proxy: await startProxy(GLOBALS + sections.join("")), ports };
+}
+
+/** Each TLS handshake the server proxy logged, in order: its service and whether it resumed. */
+function handshakes(log: string): { service: string; reused: boolean }[] {
+  const services = new Map<string, string>();
+  const found: { service: string; reused: boolean }[] = [];
+  for (const line of log.split("\n")) {
+    const accepted = /LOG5\[([^\]]+)\]: Service \[([^\]]+)\] accepted connection/.exec(line);
+    if (accepted) services.set(accepted[1], accepted[2]);
+    const tls = /LOG6\[([^\]]+)\]: TLS accepted: (previous session reused|new session)/.exec(line);
+    if (tls) found.push({ service: services.get(tls[1]) ?? "?", reused: tls[2] !== "new session" });
+  }
+  return found;
+}
+
+e2e("connect+exec: started after the binding, retried, resuming its session", {}, async (s) => {
+  const echo = echoServer();
+  const { proxy: server, ports } = await tlsServers(1, echo.port);
+  const { program, results } = await roundTrip(s);
+  const client = await startProxy(
+    GLOBALS + `[c]\nclient = yes\nexec = ${program}\nconnect = 127.0.0.1:${ports[0]}\n` +
+      "retry = yes\n",
+    { waitPorts: [] },
+  );
+  await pollUntil(async () => (await resultLines(results)).length >= 3, 20_000, "three rounds");
+  // The program's stdin and stdout are a socket, as in stunnel.
+  assertEquals((await resultLines(results)).slice(0, 3), ["socket", "socket", "socket"]);
+  const log = client.log();
+  const at = (re: RegExp) => log.search(re);
+  assert(at(/Skipped exec\+connect service \[c\]/) >= 0, "no Skipped line");
+  assert(
+    at(/Skipped exec\+connect service \[c\]/) < at(/Starting exec\+connect service \[c\]/),
+    "Starting before Skipped",
+  );
+  assert(
+    at(/Starting exec\+connect service \[c\]/) < at(/Accepting new connections/),
+    "Accepting new connections before Starting",
+  );
+  assertMatch(log, /LOG5\[\d+_0\]: Service \[c\] accepted connection from 127\.0\.0\.1:\d+$/m);
+  assertMatch(log, /LOG6\[\d+_0\]: Retrying an exec\+connect section/);
+  assertMatch(log, /LOG5\[\d+_1\]: Service \[c\] accepted connection from 127\.0\.0\.1:\d+$/m);
+  const first = handshakes(server.log()).slice(0, 3);
+  assertEquals(first.map((h) => h.reused), [false, true, true]);
+});
+
+for (const delay of ["yes", "no"]) {
+  e2e(`connect+exec: delay = ${delay}, failover = rr, sessions per target`, {}, async (s) => {
+    const echo = echoServer();
+    const { proxy: server, ports } = await tlsServers(3, echo.port);
+    const { program, results } = await roundTrip(s);
+    await startProxy(
+      GLOBALS + `[c]\nclient = yes\nexec = ${program}\n` +
+        ports.map((p) => `connect = 127.0.0.1:${p}\n`).join("") +
+        `delay = ${delay}\nfailover = rr\nretry = yes\n`,
+      { waitPorts: [] },
+    );
+    await pollUntil(async () => (await resultLines(results)).length >= 3, 20_000, "three rounds");
+    const first = handshakes(server.log()).slice(0, 3);
+    if (delay === "yes") {
+      // The delayed resolver means failover = prio: always the first target, resumed.
+      assertEquals(first, [
+        { service: "s1", reused: false },
+        { service: "s1", reused: true },
+        { service: "s1", reused: true },
+      ]);
+    } else {
+      // Round robin: each target once, each with a session of its own.
+      assertEquals(new Set(first.map((h) => h.service)).size, 3);
+      assertEquals(first.map((h) => h.reused), [false, false, false]);
+    }
+  });
+}

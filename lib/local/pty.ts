@@ -10,6 +10,8 @@
  */
 import { errno, errnoMessage, lib } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
+import { NOT_A_SOCKET } from "../sys/nosocket.ts";
+import { commandEnd, logChild } from "./spawn.ts";
 
 const O_RDWR = 0x2;
 const O_NOCTTY = 0x100;
@@ -51,8 +53,8 @@ export function allocatePty(): { fd: number; name: string } {
  * the TLS peer is done ("Closing the file descriptor"); the program then gets a hangup.
  */
 export class PtyConn {
-  readonly localAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
-  readonly remoteAddr: Deno.Addr = { transport: "unix", path: "" } as Deno.UnixAddr;
+  readonly localAddr: Deno.Addr = NOT_A_SOCKET;
+  readonly remoteAddr: Deno.Addr = NOT_A_SOCKET;
   private closed = false;
   private fdClosed = false;
   /** poll() calls still running on the thread pool: the descriptor outlives them. */
@@ -177,11 +179,7 @@ export function spawnPty(
     lib().libc.close(fd);
     throw e;
   }
-  log(6, `Local mode child started (PID=${child.pid})`);
-  child.status.then((status) => {
-    if (status.signal) log(6, `Child process ${child.pid} terminated on signal ${status.signal}`);
-    else log(6, `Child process ${child.pid} finished with code ${status.code}`);
-  }, () => {});
+  logChild(child.pid, commandEnd(child), log);
   const ready = new Response(child.stdout).text().then((text) => text === ".", () => false);
   return new PtyConn(fd, ready);
 }

@@ -1,6 +1,7 @@
 /** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
 import { AccessDenied } from "../access/denied.ts";
 import type { Logger } from "../sys/log.ts";
+import { NOT_A_SOCKET } from "../sys/nosocket.ts";
 import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "../sys/oserror.ts";
@@ -108,10 +109,10 @@ export class Connection {
     try {
       // As stunnel: libwrap and IDENT decide before the connection counts as accepted.
       await this.checkAccess();
-      log(
-        5,
-        `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
-      );
+      // As stunnel: a local side that is no socket (pipes, a terminal) has no peer to name.
+      const peer = this.local.remoteAddr;
+      const from = peer === NOT_A_SOCKET ? "" : ` from ${formatPeer(peer)}`;
+      log(5, `Service [${service.name}] accepted connection${from}`);
       await this.establish();
     } catch (e) {
       // Refused by a check: `reset = yes` resets the client too.
@@ -157,7 +158,7 @@ export class Connection {
     const opts = this.service.opts;
     if (!opts.libwrap && opts.ident === undefined) return;
     const peer = this.local.remoteAddr;
-    const unixSocket = opts.accept?.kind === "unix";
+    const unixSocket = opts.accept.some((a) => a.kind === "unix");
     if (opts.libwrap) await libwrapAuth(this.service.name, peer, unixSocket, this.log);
     if (opts.ident !== undefined) {
       await identAuth({

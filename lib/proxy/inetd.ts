@@ -12,18 +12,18 @@ import { lib } from "../sys/ffi.ts";
 import { early, LogSink } from "../sys/log.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
+import { NOT_A_SOCKET } from "../sys/nosocket.ts";
 import { TlsError } from "../tls/core.ts";
 import type { Configuration } from "../config/types.ts";
 
 const SHUT_WR = 1;
 
-/** The peer of descriptor 0 if it is an IP socket; else an unnamed Unix peer (a pipe too). */
+/** The peer of descriptor 0 if it is a socket (a Unix one may be unnamed); else NOT_A_SOCKET. */
 function stdinPeer(): Deno.Addr {
   const buf = new Uint8Array(128);
   const len = new Uint32Array([buf.length]);
-  const unnamed = { transport: "unix", path: "" } as Deno.UnixAddr;
-  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return unnamed;
-  return decodeSockAddr(buf, len[0]) ?? unnamed;
+  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return NOT_A_SOCKET;
+  return decodeSockAddr(buf, len[0]) ?? NOT_A_SOCKET;
 }
 
 /**
@@ -119,6 +119,7 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   await service.prepare(ui);
   ui(5, "Configuration successful");
   const log = sink.bind("0", opts.debugLevel);
+  log(7, `Service [${opts.name}] started`);
   const connection = new Connection(service, new StdioConn() as unknown as Deno.Conn, log);
   const timer = setInterval(() => connection.checkTimeout(Date.now()), 1000);
   try {

@@ -8,7 +8,8 @@ import { TlsContext } from "../tls/context.ts";
 import type { Address, ServiceOptions } from "../config/types.ts";
 import { type ConnectSetup, connectTcp, connectUnix } from "../net/netconn.ts";
 import { type SocketOption, SocketOptions } from "../net/sockopt.ts";
-import { configureListener, fdSnapshot } from "../net/listener.ts";
+import { configureListener, fdSnapshot, ListenerOptionsError } from "../net/listener.ts";
+import { findListenerFds } from "../sys/sockfd.ts";
 
 /** A resolved connect target. */
 type Target = { kind: "tcp"; host: string; port: number; label: string } | {
@@ -69,6 +70,16 @@ async function connectOwn(
   return conn as unknown as Deno.Conn | undefined;
 }
 
+/** A listening socket of a service: the `accept` address it was made for, and its descriptor. */
+export interface Bound {
+  accept: Address;
+  listener: Deno.Listener;
+  fd: number;
+}
+
+/** No `accept` address of the service could be bound (logged). */
+export class BindError extends Error {}
+
 /** The round-robin position of each service, shared by all threads (slots by name). */
 const RR_SLOTS = 256;
 
@@ -87,10 +98,11 @@ export class Service {
   /** null until resolved; stays null in delayed-resolver mode (resolved per connection). */
   private targets: Target[] | null = null;
   private delay: boolean;
-  listener: Deno.Listener | undefined;
+  /** The listening sockets, in the order of the `accept` lines they were made for. */
+  bound: Bound[] = [];
   /** `socket = a|l|r:...` with stunnel's defaults (sockopt.ts). */
   readonly sockets: SocketOptions;
-  /** Local options to set on each accepted socket (the listener carries the others). */
+  /** Local options to set on each accepted socket (the listeners carry the others). */
   localPerConnection: SocketOption[] = [];
 
   constructor(
@@ -139,45 +151,79 @@ export class Service {
     return first?.kind === "tcp" ? first.host : undefined;
   }
 
-  bind(log: Logger, reusePort: boolean): Deno.Listener {
-    const a = this.opts.accept!;
-    if (a.kind === "unix") {
+  /**
+   * Binds each `accept` address that has no listening socket yet (a reload may have handed
+   * some over) and logs every one as bound, in the order of the lines. As in stunnel, an
+   * address that cannot be bound is left out, and a service with none fails (BindError,
+   * logged); a left-out address is a warning (stunnel: a notice), not to go unnoticed.
+   */
+  bind(log: Logger, reusePort: boolean): void {
+    log(7, `Binding service [${this.name}]`);
+    for (const accept of this.opts.accept) {
+      let bound = this.bound.find((b) => b.accept === accept);
+      if (!bound) {
+        try {
+          bound = this.listen(accept, log, reusePort);
+        } catch (e) {
+          // An accept socket option that failed was logged by itself (listener.ts).
+          if (!(e instanceof ListenerOptionsError)) {
+            log(4, `Binding service [${this.name}] to ${formatAddress(accept)}: ${osErrorText(e)}`);
+          }
+          continue;
+        }
+        this.bound.push(bound);
+      }
+      log(6, `Service [${this.name}] (FD=${bound.fd}) bound to ${boundAddress(bound.listener)}`);
+    }
+    if (this.bound.length === 0) {
+      log(3, `Binding service [${this.name}] failed`);
+      throw new BindError();
+    }
+  }
+
+  /** One listening socket with this service's accept and local socket options. */
+  private listen(accept: Address, log: Logger, reusePort: boolean): Bound {
+    if (accept.kind === "unix") {
       try {
-        Deno.removeSync(a.path);
+        Deno.removeSync(accept.path);
       } catch {
         // no stale socket
       }
-      const before = fdSnapshot();
-      this.listener = Deno.listen({ transport: "unix", path: a.path });
-      this.localPerConnection = this.configureListener(before, log);
-    } else {
-      const before = fdSnapshot();
-      this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port, reusePort });
-      this.localPerConnection = this.configureListener(before, log);
     }
-    const bound = this.listener.addr;
-    const where = formatAddress(
-      bound.transport === "unix" ? { kind: "unix", path: (bound as Deno.UnixAddr).path } : {
-        kind: "tcp",
-        host: (bound as Deno.NetAddr).hostname,
-        port: (bound as Deno.NetAddr).port,
-      },
-    );
-    log(6, `Service [${this.name}] bound to ${where}`);
-    return this.listener;
+    const before = fdSnapshot();
+    const listener = accept.kind === "unix"
+      ? Deno.listen({ transport: "unix", path: accept.path })
+      : Deno.listen({ transport: "tcp", hostname: accept.host, port: accept.port, reusePort });
+    const [fd] = findListenerFds(listener.addr, before);
+    log(7, `Listening file descriptor created (FD=${fd})`);
+    try {
+      this.addPerConnection(configureListener(listener, before, this.sockets, log));
+    } catch (e) {
+      closeListener(listener, accept);
+      throw e;
+    }
+    return { accept, listener, fd };
   }
 
   /**
-   * Takes over the listener of the service this one replaces (a reload with the same accept
-   * address): this configuration's socket options are set on it again.
+   * Takes over a listening socket of the service this one replaces (a reload with the same
+   * accept address): this configuration's socket options are set on it again.
    */
-  adoptListener(listener: Deno.Listener, log: Logger): void {
-    this.listener = listener;
+  adopt(from: Bound, accept: Address, log: Logger): void {
+    const bound = { ...from, accept };
+    this.bound.push(bound);
     try {
-      this.localPerConnection = configureListener(listener, undefined, this.sockets, log);
+      this.addPerConnection(configureListener(bound.listener, undefined, this.sockets, log));
     } catch {
       // Logged; the listener keeps the options it had, and accepted sockets get them all.
-      this.localPerConnection = [...this.sockets.local];
+      this.addPerConnection(this.sockets.local);
+    }
+  }
+
+  /** Options a listener does not carry are set on each accepted socket (twice is harmless). */
+  private addPerConnection(options: readonly SocketOption[]): void {
+    for (const o of options) {
+      if (!this.localPerConnection.includes(o)) this.localPerConnection.push(o);
     }
   }
 
@@ -200,33 +246,14 @@ export class Service {
     };
   }
 
-  /** Socket options of the new listener (listener.ts); closes it if an accept option fails. */
-  private configureListener(before: Set<number>, log: Logger): SocketOption[] {
-    try {
-      return configureListener(this.listener!, before, this.sockets, log);
-    } catch (e) {
-      this.listener!.close();
-      this.listener = undefined;
-      throw e;
-    }
-  }
-
+  /** Closes every listening socket of the service, as stunnel's unbind_ports() logs it. */
   unbind(log: Logger): void {
-    if (!this.listener) return;
-    try {
-      this.listener.close();
-    } catch {
-      // already closed
+    log(7, `Unbinding service [${this.name}]`);
+    for (const { accept, listener, fd } of this.bound) {
+      closeListener(listener, accept);
+      log(7, `Service [${this.name}] closed (FD=${fd})`);
     }
-    this.listener = undefined;
-    const a = this.opts.accept;
-    if (a?.kind === "unix") {
-      try {
-        Deno.removeSync(a.path);
-      } catch {
-        // gone already
-      }
-    }
+    this.bound = [];
     log(7, `Service [${this.name}] closed`);
   }
 
@@ -281,5 +308,30 @@ export class Service {
 
   free(): void {
     this.tls.free();
+  }
+}
+
+/** The address a listening socket is bound to, as stunnel logs it (the port 0 chose included). */
+function boundAddress(listener: Deno.Listener): string {
+  const addr = listener.addr;
+  return formatAddress(
+    addr.transport === "unix"
+      ? { kind: "unix", path: (addr as Deno.UnixAddr).path }
+      : { kind: "tcp", host: (addr as Deno.NetAddr).hostname, port: (addr as Deno.NetAddr).port },
+  );
+}
+
+/** Closes a listening socket; a Unix socket's file goes with it. */
+function closeListener(listener: Deno.Listener, accept: Address): void {
+  try {
+    listener.close();
+  } catch {
+    // already closed
+  }
+  if (accept.kind !== "unix") return;
+  try {
+    Deno.removeSync(accept.path);
+  } catch {
+    // gone already
   }
 }
