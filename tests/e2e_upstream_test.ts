@@ -330,3 +330,94 @@ for (const delay of ["yes", "no"]) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The debug lines of one connection of each kind
+
+/** Asserts that lines matching `patterns` appear in `log` in this order (others in between). */
+function assertInOrder(log: string, patterns: RegExp[]): void {
+  let at = 0;
+  for (const re of patterns) {
+    const m = new RegExp(re.source, re.flags.replace("g", "") + "m").exec(log.slice(at));
+    assert(m !== null, `no line matching ${re} after offset ${at} in:\n${log.slice(at)}`);
+    at += m.index + m[0].length;
+  }
+}
+
+e2e("debug lines: a server-mode connection", {}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    GLOBALS + `[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+  );
+  const tls = await tlsConnect(port, pki.caPem);
+  await echoRoundTrip(tls, "debug\n");
+  tls.close();
+  await proxy.waitForLog(/Service \[s\] finished/);
+  assertInOrder(proxy.log(), [
+    /LOG7\[\d+\]: Service \[s\] started$/,
+    /LOG5\[\d+\]: Service \[s\] accepted connection from 127\.0\.0\.1:\d+$/,
+    /LOG6\[\d+\]: TLS accepted: new session negotiated$/,
+    /LOG6\[\d+\]: TLSv1\.3 ciphersuite: TLS_\w+ \(\d+-bit encryption\)$/,
+    /LOG6\[\d+\]: Peer temporary key: X25519, 253 bits$/,
+    /LOG6\[\d+\]: s_connect: connecting 127\.0\.0\.1:\d+$/,
+    /LOG5\[\d+\]: s_connect: connected 127\.0\.0\.1:\d+$/,
+    /LOG5\[\d+\]: Service \[s\] connected remote server from 127\.0\.0\.1:\d+$/,
+    /LOG7\[\d+\]: Option TCP_NODELAY set on remote socket$/,
+    /LOG5\[\d+\]: Connection closed: 6 byte\(s\) sent to TLS, 6 byte\(s\) sent to socket$/,
+    /LOG7\[\d+\]: Service \[s\] finished \(0 left\)$/,
+  ]);
+  assertMatch(proxy.log(), /LOG7\[\d+\]: Option TCP_NODELAY set on local socket$/m);
+});
+
+e2e("debug lines: a client-mode connection, failing over to the second target", {}, async (s) => {
+  const port = await tlsAnswerer(s);
+  const [accept, dead] = freePorts(2);
+  const proxy = await startProxy(
+    GLOBALS + `[c]\nclient = yes\naccept = 127.0.0.1:${accept}\n` +
+      `connect = 127.0.0.1:${dead}\nconnect = 127.0.0.1:${port}\n`,
+  );
+  const conn = await tcpConnect(accept);
+  await writeAll(conn, encode("hello\n"));
+  assertEquals(decode(await readAll(conn)), "got hello\n");
+  conn.close();
+  await proxy.waitForLog(/Service \[c\] finished/);
+  assertInOrder(proxy.log(), [
+    /LOG7\[\d+\]: Service \[c\] started$/,
+    /LOG5\[\d+\]: Service \[c\] accepted connection from 127\.0\.0\.1:\d+$/,
+    new RegExp(`LOG3\\[\\d+\\]: s_connect: connect 127\\.0\\.0\\.1:${dead}: Connection refused`),
+    new RegExp(`LOG5\\[\\d+\\]: s_connect: connected 127\\.0\\.0\\.1:${port}$`),
+    /LOG5\[\d+\]: Service \[c\] connected remote server from 127\.0\.0\.1:\d+$/,
+    /LOG7\[\d+\]: Option TCP_NODELAY set on remote socket$/,
+    /LOG6\[\d+\]: SNI: sending servername: 127\.0\.0\.1$/,
+    /LOG6\[\d+\]: TLS connected: new session negotiated$/,
+    /LOG6\[\d+\]: Peer temporary key: X25519, 253 bits$/,
+    /LOG5\[\d+\]: Connection closed: 6 byte\(s\) sent to TLS, 10 byte\(s\) sent to socket$/,
+  ]);
+});
+
+e2e("a private key that others may read is a warning", {}, async (s) => {
+  const pki = await makePki();
+  const dir = await s.tempDir("e2e-upstream-");
+  const open = `${dir}/open.key`;
+  const closed = `${dir}/closed.key`;
+  for (const [file, mode] of [[open, 0o604], [closed, 0o640]] as const) {
+    await Deno.copyFile(pki.serverEc.key, file);
+    await Deno.chmod(file, mode);
+  }
+  const [a, b] = freePorts(2);
+  const proxy = await startProxy(
+    GLOBALS + `[open]\naccept = 127.0.0.1:${a}\nconnect = 127.0.0.1:1\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${open}\n` +
+      `[closed]\naccept = 127.0.0.1:${b}\nconnect = 127.0.0.1:1\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${closed}\n`,
+  );
+  assertInOrder(proxy.log(), [
+    new RegExp(`LOG6\\[ui\\]: Loading private key from file: ${open}$`),
+    new RegExp(`LOG4\\[ui\\]: Insecure file permissions on ${open}$`),
+    new RegExp(`LOG6\\[ui\\]: Private key loaded from file: ${open}$`),
+  ]);
+  assert(!proxy.log().includes(`Insecure file permissions on ${closed}`), "warned for 0640");
+});

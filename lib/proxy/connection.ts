@@ -9,6 +9,7 @@ import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
 import { checkPeerOcsp } from "../tls/ocsp.ts";
 import { attachSni } from "../tls/sni.ts";
+import { peerTmpKey } from "../tls/tmpkey.ts";
 import { type TlsConnection, TlsError } from "../tls/core.ts";
 import { execEnvironment, spawnExec } from "../local/exec.ts";
 import { identAuth } from "../access/ident.ts";
@@ -276,6 +277,8 @@ export class Connection {
       const version = engine.version;
       // stunnel 5.68 says "ciphersuite" for every protocol version.
       log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
+      const key = peerTmpKey(engine);
+      log(6, key ? `Peer temporary key: ${key}` : "No peer temporary key received");
     }
     // `redirect`: a client that failed authentication (or sent no certificate) got through the
     // handshake only to be sent to the redirect target; a resumed session keeps its verdict.
@@ -324,7 +327,7 @@ export class Connection {
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
     );
     this.sockets.push(remote);
-    setNoDelay(remote);
+    setNoDelay(remote, this.log);
     return remote;
   }
 
@@ -370,8 +373,11 @@ export class Connection {
   }
 }
 
-function setNoDelay(conn: Deno.Conn): void {
-  if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+/** stunnel's default r:TCP_NODELAY=yes, on a socket Deno made (netconn.ts sets its own). */
+function setNoDelay(conn: Deno.Conn, log: Logger): void {
+  if (!("setNoDelay" in conn)) return;
+  (conn as Deno.TcpConn).setNoDelay(true);
+  log(7, "Option TCP_NODELAY set on remote socket");
 }
 
 function closeQuietly(conn: Deno.Conn): void {

@@ -143,6 +143,13 @@ const cryptoSymbols = {
   PKCS12_free: { parameters: ["pointer"], result: "void" },
   X509_free: { parameters: ["pointer"], result: "void" },
   EVP_PKEY_free: { parameters: ["pointer"], result: "void" },
+  // tmpkey.ts: the peer's key exchange key, as stunnel's print_tmp_key() names it
+  EVP_PKEY_get_id: { parameters: ["pointer"], result: "i32" },
+  EVP_PKEY_get_bits: { parameters: ["pointer"], result: "i32" },
+  EVP_PKEY_get_group_name: { parameters: ["pointer", "buffer", "usize", "buffer"], result: "i32" },
+  OBJ_nid2sn: { parameters: ["i32"], result: "pointer" },
+  OBJ_txt2nid: { parameters: ["buffer"], result: "i32" },
+  EC_curve_nid2nist: { parameters: ["i32"], result: "pointer" },
   OPENSSL_sk_num: { parameters: ["pointer"], result: "i32" },
   OPENSSL_sk_value: { parameters: ["pointer", "i32"], result: "pointer" },
   X509_check_host: {
@@ -462,6 +469,7 @@ export const SSL_ERROR_ZERO_RETURN = 6;
 export const SSL_SENT_SHUTDOWN = 1;
 export const SSL_RECEIVED_SHUTDOWN = 2;
 export const SSL_CTRL_SET_TLSEXT_HOSTNAME = 55;
+export const SSL_CTRL_GET_PEER_TMP_KEY = 109;
 export const SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59;
 export const SSL_CTRL_SET_SESS_CACHE_SIZE = 42;
 export const SSL_CTRL_SET_SESS_CACHE_MODE = 44;
