@@ -30,6 +30,7 @@ import {
   spawn,
   startProxy,
   tcpConnect,
+  tcpServer,
   tlsConnect,
   waitForPortClosed,
   writeAll,
@@ -222,6 +223,8 @@ e2e("inetd mode on pipes: started, and accepted from nobody", {}, async (s) => {
   await proxy.closeStdin();
   assert((await proxy.exited).success, "the proxy ends with the connection");
   assertMatch(proxy.stderr.text(), /LOG5\[0\]: Service \[inetd\] accepted connection$/m);
+  // The TLS server ended first: stdout, a pipe, is closed (a socket would be shut down).
+  assertMatch(proxy.stderr.text(), /LOG7\[0\]: Closing the file descriptor$/m);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ for (const delay of ["yes", "no"]) {
     const echo = echoServer();
     const { proxy: server, ports } = await tlsServers(3, echo.port);
     const { program, results } = await roundTrip(s);
-    await startProxy(
+    const client = await startProxy(
       GLOBALS + `[c]\nclient = yes\nexec = ${program}\n` +
         ports.map((p) => `connect = 127.0.0.1:${p}\n`).join("") +
         `delay = ${delay}\nfailover = rr\nretry = yes\n`,
@@ -316,6 +319,8 @@ for (const delay of ["yes", "no"]) {
     );
     await pollUntil(async () => (await resultLines(results)).length >= 3, 20_000, "three rounds");
     const first = handshakes(server.log()).slice(0, 3);
+    const strategy = delay === "yes" ? "priority" : "round-robin";
+    assertMatch(client.log(), new RegExp(`LOG6\\[\\d+_0\\]: failover: ${strategy}, starting at`));
     if (delay === "yes") {
       // The delayed resolver means failover = prio: always the first target, resumed.
       assertEquals(first, [
@@ -366,6 +371,8 @@ e2e("debug lines: a server-mode connection", {}, async () => {
     /LOG5\[\d+\]: s_connect: connected 127\.0\.0\.1:\d+$/,
     /LOG5\[\d+\]: Service \[s\] connected remote server from 127\.0\.0\.1:\d+$/,
     /LOG7\[\d+\]: Option TCP_NODELAY set on remote socket$/,
+    /LOG6\[\d+\]: TLS closed \(SSL_read\)$/,
+    /LOG7\[\d+\]: Sent socket write shutdown$/,
     /LOG5\[\d+\]: Connection closed: 6 byte\(s\) sent to TLS, 6 byte\(s\) sent to socket$/,
     /LOG7\[\d+\]: Service \[s\] finished \(0 left\)$/,
   ]);
@@ -387,6 +394,7 @@ e2e("debug lines: a client-mode connection, failing over to the second target", 
   assertInOrder(proxy.log(), [
     /LOG7\[\d+\]: Service \[c\] started$/,
     /LOG5\[\d+\]: Service \[c\] accepted connection from 127\.0\.0\.1:\d+$/,
+    /LOG6\[\d+\]: failover: priority, starting at entry #0$/,
     new RegExp(`LOG3\\[\\d+\\]: s_connect: connect 127\\.0\\.0\\.1:${dead}: Connection refused`),
     new RegExp(`LOG5\\[\\d+\\]: s_connect: connected 127\\.0\\.0\\.1:${port}$`),
     /LOG5\[\d+\]: Service \[c\] connected remote server from 127\.0\.0\.1:\d+$/,
@@ -395,6 +403,29 @@ e2e("debug lines: a client-mode connection, failing over to the second target", 
     /LOG6\[\d+\]: TLS connected: new session negotiated$/,
     /LOG6\[\d+\]: Peer temporary key: X25519, 253 bits$/,
     /LOG5\[\d+\]: Connection closed: 6 byte\(s\) sent to TLS, 10 byte\(s\) sent to socket$/,
+  ]);
+  assertMatch(proxy.log(), /LOG7\[ui\]: No certificate or private key specified$/m);
+});
+
+e2e("debug lines: the backend ends first, close_notify goes to the client", {}, async () => {
+  const pki = await makePki();
+  const backend = tcpServer(async (conn) => {
+    await writeAll(conn, encode("bye\n"));
+  });
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    GLOBALS + `[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${backend.port}\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+  );
+  const tls = await tlsConnect(port, pki.caPem);
+  assertEquals(decode(await readAll(tls)), "bye\n");
+  tls.close();
+  await proxy.waitForLog(/Service \[s\] finished/);
+  assertInOrder(proxy.log(), [
+    /LOG6\[\d+\]: Read socket closed \(\w+( \w+)?\)$/,
+    /LOG7\[\d+\]: Sending close_notify alert$/,
+    /LOG6\[\d+\]: SSL_shutdown successfully sent close_notify alert$/,
+    /LOG5\[\d+\]: Connection closed: 4 byte\(s\) sent to TLS, 0 byte\(s\) sent to socket$/,
   ]);
 });
 

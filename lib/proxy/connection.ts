@@ -349,11 +349,18 @@ export class Connection {
     });
     const tlsToSocket = pipe(tls, plain, progress((n) => this.toSocket += n)).then(() => {
       this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
+      // pipe() ended the plain side's direction: a socket is shut down, anything else closed.
+      const socket = plain.conn.remoteAddr !== NOT_A_SOCKET;
+      this.log(7, socket ? "Sent socket write shutdown" : "Closing the file descriptor");
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
     const socketToTls = pipe(plain, tls, progress((n) => this.toTls += n)).then(() => {
       this.log(6, "Read socket closed (read hangup)");
+      if (tls.closeNotifySent) {
+        this.log(7, "Sending close_notify alert");
+        this.log(6, "SSL_shutdown successfully sent close_notify alert");
+      }
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);

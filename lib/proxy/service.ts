@@ -274,9 +274,11 @@ export class Service {
       ? await resolveAll([this.opts.redirect], log)
       : this.targets ?? await resolveAll(this.opts.connect, log);
     // The delayed resolver means failover = prio (manual).
-    const start = !chosen && !redirect && this.opts.failover === "rr" && !this.delay
-      ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
-      : 0;
+    const rr = !chosen && !redirect && this.opts.failover === "rr" && !this.delay;
+    const start = rr ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length : 0;
+    if (targets.length > 1) {
+      log(6, `failover: ${rr ? "round-robin" : "priority"}, starting at entry #${start}`);
+    }
     const own = this.ownRemoteSocket ? this.remoteSetup(peer) : undefined;
     for (let i = 0; i < targets.length; i++) {
       const t = targets[(start + i) % targets.length];

@@ -93,6 +93,7 @@ export class TlsContext implements ContextHandle {
     // SNI virtual services: every server-mode context asks sni.ts, as stunnel's do.
     if (!opts.client) installServernameCallback(this);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);
+    else log(7, "No certificate or private key specified");
     // After the certificate, as in stunnel (its CA lines follow "Private key check succeeded").
     configureVerification(this, log);
     configureStapling(this, log);
