@@ -118,7 +118,9 @@ async function runDaemon(
 function threadCount(config: Configuration): number {
   const wanted = Number(Deno.env.get(THREADS_ENV) ?? navigator.hardwareConcurrency ?? 1);
   if (!(wanted > 1)) return 1;
-  const shareable = config.services.every((s) => s.accept?.kind === "tcp" && s.accept.port !== 0);
+  const shareable = config.services.every((s) =>
+    s.accept.length > 0 && s.accept.every((a) => a.kind === "tcp" && a.port !== 0)
+  );
   return shareable && reusePortWorks() ? Math.min(Math.floor(wanted), 64) : 1;
 }
 

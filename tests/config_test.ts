@@ -96,6 +96,7 @@ Deno.test("table: repeatable options are exactly stunnel's list ones", () => {
   assert.deepEqual(
     repeatable,
     [
+      "accept",
       "CAengine",
       "checkEmail",
       "checkHost",
@@ -171,7 +172,6 @@ Deno.test("error: bad value of each value type, in stunnel's words", () => {
     ],
     ["accept = nosuchservice", 'Unknown TCP service "nosuchservice"'],
     ["accept = 65536", "Port number out of range (1..65535): 65536"],
-    ["connect = 0", "Port 0 is only allowed for 'accept'"],
     ["connect = :80", "Empty host name"],
     ["verify = 5", "Bad verify level"],
     ["transparent = maybe", "Selected transparent proxy mode is not available"],
@@ -340,7 +340,7 @@ Deno.test("defaults are stunnel 5.68's", () => {
   const [s] = config.services;
   assert.equal(s.name, "s");
   assert.equal(s.client, false);
-  assert.deepEqual(s.accept, { kind: "tcp", host: "0.0.0.0", port: 4433 });
+  assert.deepEqual(s.accept, [{ kind: "tcp", host: "0.0.0.0", port: 4433 }]);
   assert.deepEqual(s.connect, [{ kind: "tcp", host: "localhost", port: 8080 }]);
   assert.equal(s.key, "/certs/server.pem");
   assert.equal(s.ciphers, "HIGH:!aNULL:!SSLv2:!DH:!kDHEPSK");
@@ -462,7 +462,7 @@ Deno.test("inetd mode: no section, one service named '' from the global section"
   assert.equal(config.services.length, 1);
   const [s] = config.services;
   assert.equal(s.name, "");
-  assert.equal(s.accept, undefined);
+  assert.deepEqual(s.accept, []);
   assert.deepEqual(s.connect, [{ kind: "tcp", host: "example.com", port: 443 }]);
   assert.equal(s.TIMEOUTclose, 0);
 });

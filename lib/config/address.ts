@@ -3,8 +3,9 @@
 import type { Address } from "./types.ts";
 
 /**
- * Which option the address belongs to: it decides the default host and whether port 0
- * ("any free port") makes sense.
+ * Which option the address belongs to: it decides the default host and whether an empty port
+ * means port 0 ("any free port"). Port 0 itself is accepted everywhere, as in stunnel: in
+ * `connect` or `redirect` it fails only when used.
  */
 export type AddressRole = "accept" | "connect";
 
@@ -63,7 +64,6 @@ function parsePort(text: string, role: AddressRole, lookup: ServiceLookup): numb
   else port = lookup(text);
   if (port === undefined) throw `Unknown TCP service "${text}"`;
   if (port > 65535) throw `Port number out of range (1..65535): ${text}`;
-  if (port === 0 && role !== "accept") throw "Port 0 is only allowed for 'accept'";
   return port;
 }
 

@@ -658,9 +658,12 @@ export const OPTIONS: readonly OptionSpec[] = [
     name: "accept",
     scope: "service",
     status: "supported",
+    repeat: true,
     ...address("accept"),
-    store: toService("accept"),
+    store: appendTo("accept"),
     help: "[host:]port accept connections on specified host:port",
+    note: "Each line adds an address, as in stunnel: one that cannot be bound is logged and left " +
+      "out; a service without any bound address fails to start.",
   }),
   define({
     name: "CAengine",
@@ -859,10 +862,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     syntax: "EXECUTABLE_PATH",
     store: toService("exec"),
     help: "file execute local inetd-type program",
-    note: "The program's stdin/stdout are pipes (stunnel: a socket pair), its stderr is ours. " +
+    note: "The program's stdin/stdout are pipes (stunnel: a socket pair), its stderr is ours; " +
+      "in a connect+exec section they are one end of a loopback socket pair, as in stunnel. " +
       "A program that cannot be started is logged (`Cannot execute PATH: ...`) and then ends " +
-      "the connection as one that exits at once. A connect+exec section logs its local side " +
-      'as "accepted connection from unnamed socket" (stunnel: a loopback address).',
+      "the connection as one that exits at once.",
   }),
   define({
     name: "execArgs",
@@ -1441,6 +1444,7 @@ export function defaultGlobalOptions(): GlobalOptions {
 export function defaultServiceOptions(name = ""): ServiceOptions {
   return {
     name,
+    accept: [],
     CAengine: [],
     checkEmail: [],
     protocolHeader: [],

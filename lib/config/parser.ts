@@ -379,7 +379,7 @@ function checkPeerAuthentication(service: ServiceOptions, fail: Fail): void {
 /** Two endpoints in a section (accept and connect, or their stand-ins), one in inetd mode. */
 function checkEndpoints(service: ServiceOptions, inetd: boolean, fail: Fail): void {
   const endpoints = [
-    service.accept !== undefined,
+    service.accept.length > 0,
     service.connect.length > 0,
     service.exec !== undefined,
     service.transparent === "destination" || service.transparent === "both",
@@ -389,7 +389,7 @@ function checkEndpoints(service: ServiceOptions, inetd: boolean, fail: Fail): vo
     protocolIsEndpoint(service),
   ].filter(Boolean).length;
   if (inetd) {
-    if (service.accept) fail("'accept' option is only allowed in a [section]");
+    if (service.accept.length > 0) fail("'accept' option is only allowed in a [section]");
     if (endpoints !== 1) fail("Inetd mode must define one endpoint");
   } else if (endpoints !== 2) {
     const accept = service.where.accept;
@@ -410,7 +410,10 @@ function checkSocketSupport(s: ServiceOptions, inetd: boolean, fail: Fail): void
     return w ? `${w.file}:${w.line}: ` : "";
   };
   // Deno's Unix and stdio sockets have no descriptor to find (TCP ones are found by address).
-  if (s.socket.some((line) => line.startsWith("l:")) && (inetd || s.accept?.kind === "unix")) {
+  if (
+    s.socket.some((line) => line.startsWith("l:")) &&
+    (inetd || s.accept.some((a) => a.kind === "unix"))
+  ) {
     fail(
       `${at("socket")}local socket options (socket = l:...) are not supported on ` +
         `${inetd ? "the inetd mode socket" : "a Unix socket accept"}`,

@@ -44,7 +44,8 @@ export interface GlobalOptions {
 export interface ServiceOptions {
   /** Section name; "" for inetd mode (no section). */
   name: string;
-  accept?: Address;
+  /** Every `accept` line: the service listens on each address that can be bound. */
+  accept: Address[];
   /** Engine-specific CA certificate identifiers (`CAengine`, one per line), in order. */
   CAengine: string[];
   CAfile?: string;

@@ -3,17 +3,20 @@
  * one side of the connection, as stunnel's inetd-type programs. The child's pipes are wrapped
  * in a socket-like object, so that the pumps and protocol negotiations treat it as a socket.
  */
+import { lib } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { type Conn, unnamed } from "../net/conn.ts";
+import { loopbackPair } from "../net/socketpair.ts";
 import { spawnPty } from "./pty.ts";
-import { type Conn, UNNAMED } from "../net/conn.ts";
+import { childEnd, commandEnd, logChild, spawnOnSocket } from "./spawn.ts";
 import type { TlsConnection } from "../tls/core.ts";
 import { peerNames } from "../tls/verify.ts";
 import type { ServiceOptions } from "../config/types.ts";
 
 /** A connect+exec section: the program is the local side, started without a listener. */
 export function isExecConnect(opts: ServiceOptions): boolean {
-  return opts.exec !== undefined && opts.connect.length > 0 && opts.accept === undefined;
+  return opts.exec !== undefined && opts.connect.length > 0 && opts.accept.length === 0;
 }
 
 /** What a child learns about its peer from the environment, as stunnel sets it. */
@@ -47,8 +50,8 @@ class ExecConn implements Conn {
   private leftover: Uint8Array | null = null;
   private writeClosed = false;
   private closed = false;
-  readonly localAddr: Deno.Addr = UNNAMED;
-  readonly remoteAddr: Deno.Addr = UNNAMED;
+  readonly localAddr: Deno.Addr = unnamed();
+  readonly remoteAddr: Deno.Addr = unnamed();
 
   /** The child's stdout and stdin. */
   constructor(output: ReadableStream<Uint8Array>, input: WritableStream<Uint8Array>) {
@@ -103,7 +106,7 @@ export function spawnExec(
   log: Logger,
 ): Conn {
   const path = opts.exec!;
-  const argv = opts.execArgs && opts.execArgs.length > 0 ? opts.execArgs : [path];
+  const argv = programArgv(opts);
   if (opts.pty) {
     try {
       return spawnPty(path, argv, env, log);
@@ -133,12 +136,37 @@ export function spawnExec(
     log(3, `Cannot execute ${path}: ${osErrorText(e)}`);
     return endedProgram(path);
   }
-  log(6, `Local mode child started (PID=${child.pid})`);
-  child.status.then((status) => {
-    if (status.signal) log(6, `Child process ${child.pid} terminated on signal ${status.signal}`);
-    else log(6, `Child process ${child.pid} finished with code ${status.code}`);
-  }, () => {});
+  logChild(child.pid, commandEnd(child), log);
   return new ExecConn(child.stdout, child.stdin);
+}
+
+/** `execArgs` (argv[0] included), or just the `exec` path. */
+function programArgv(opts: ServiceOptions): string[] {
+  return opts.execArgs && opts.execArgs.length > 0 ? opts.execArgs : [opts.exec!];
+}
+
+/**
+ * The program of a connect+exec section, as stunnel's connect_local() starts it: on one end of a
+ * loopback socket pair, whose other end is returned (the local side of the section's
+ * connection), or on a pseudo-terminal with `pty = yes`. A program that cannot be executed is
+ * logged, and its end of the pair is closed at once.
+ */
+export async function spawnExecConnect(
+  opts: ServiceOptions,
+  env: Record<string, string>,
+  log: Logger,
+): Promise<Deno.Conn> {
+  if (opts.pty) return spawnExec(opts, env, log) as unknown as Deno.Conn;
+  const { conn, fd } = await loopbackPair();
+  try {
+    const pid = spawnOnSocket(opts.exec!, programArgv(opts), env, fd);
+    logChild(pid, childEnd(pid), log);
+  } catch (e) {
+    log(3, `Cannot execute ${opts.exec}: ${(e as Error).message}`);
+  } finally {
+    lib().libc.close(fd);
+  }
+  return conn;
 }
 
 /** A program that ended at once: no data, then the end of the connection. */

@@ -10,8 +10,9 @@
  */
 import { errno, lib } from "../sys/ffi.ts";
 import { errnoMessage } from "../sys/oserror.ts";
-import { type Conn, UNNAMED } from "../net/conn.ts";
+import { type Conn, NOT_A_SOCKET } from "../net/conn.ts";
 import type { Logger } from "../sys/log.ts";
+import { commandEnd, logChild } from "./spawn.ts";
 
 const O_RDWR = 0x2;
 const O_NOCTTY = 0x100;
@@ -52,9 +53,9 @@ export function allocatePty(): { fd: number; name: string } {
  * has no half-close: closeWrite() closes it all, as stunnel closes a non-socket descriptor once
  * the TLS peer is done ("Closing the file descriptor"); the program then gets a hangup.
  */
-class PtyConn implements Conn {
-  readonly localAddr: Deno.Addr = UNNAMED;
-  readonly remoteAddr: Deno.Addr = UNNAMED;
+export class PtyConn implements Conn {
+  readonly localAddr: Deno.Addr = NOT_A_SOCKET;
+  readonly remoteAddr: Deno.Addr = NOT_A_SOCKET;
   private closed = false;
   private fdClosed = false;
   /** poll() calls still running on the thread pool: the descriptor outlives them. */
@@ -179,11 +180,7 @@ export function spawnPty(
     lib().libc.close(fd);
     throw e;
   }
-  log(6, `Local mode child started (PID=${child.pid})`);
-  child.status.then((status) => {
-    if (status.signal) log(6, `Child process ${child.pid} terminated on signal ${status.signal}`);
-    else log(6, `Child process ${child.pid} finished with code ${status.code}`);
-  }, () => {});
+  logChild(child.pid, commandEnd(child), log);
   const ready = new Response(child.stdout).text().then((text) => text === ".", () => false);
   return new PtyConn(fd, ready);
 }

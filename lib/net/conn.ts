@@ -21,5 +21,14 @@ export interface Conn {
   resetNow?(): boolean;
 }
 
-/** The address of a side that is no socket (a program, a pipe), or has no name. */
-export const UNNAMED: Deno.UnixAddr = { transport: "unix", path: "" };
+/**
+ * The address of a side that is no socket: a pseudo-terminal, our stdin and stdout in inetd
+ * mode. stunnel logs such a side as accepted from nobody and closes it instead of shutting it
+ * down; compared by identity.
+ */
+export const NOT_A_SOCKET: Deno.Addr = Object.freeze({ transport: "unix", path: "" });
+
+/** The address of a socket (or a pipe standing in for stunnel's socket pair) without a name. */
+export function unnamed(): Deno.UnixAddr {
+  return { transport: "unix", path: "" };
+}

@@ -10,7 +10,7 @@ import { errno, lib } from "../sys/ffi.ts";
 import type { Log } from "../sys/log.ts";
 import { denoErrorMessage, errnoMessage } from "../sys/oserror.ts";
 import type { Address } from "../config/types.ts";
-import { type Conn, UNNAMED } from "./conn.ts";
+import { type Conn, unnamed } from "./conn.ts";
 import { lingerZero } from "./reset.ts";
 import {
   decodeSockAddr,
@@ -49,7 +49,7 @@ function addrOf(call: "getsockname" | "getpeername", fd: number): Deno.Addr {
   const buf = new Uint8Array(128);
   const len = new Uint32Array([buf.length]);
   lib().libc[call](fd, buf, new Uint8Array(len.buffer));
-  return decodeSockAddr(buf, len[0]) ?? UNNAMED;
+  return decodeSockAddr(buf, len[0]) ?? unnamed();
 }
 
 /** A connected socket of ours, read and written through node:net. */

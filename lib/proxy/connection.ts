@@ -1,6 +1,7 @@
 /** One accepted connection: TLS handshake, connect to the remote, two pumps, teardown. */
 import { AccessDenied } from "../access/denied.ts";
 import type { Logger } from "../sys/log.ts";
+import { NOT_A_SOCKET } from "../net/conn.ts";
 import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "../sys/oserror.ts";
@@ -9,6 +10,7 @@ import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
 import { checkPeerOcsp } from "../tls/ocsp.ts";
 import { attachSni } from "../tls/sni.ts";
+import { peerTmpKey } from "../tls/tmpkey.ts";
 import { type TlsConnection, TlsError } from "../tls/core.ts";
 import { execEnvironment, spawnExec } from "../local/exec.ts";
 import { identAuth } from "../access/ident.ts";
@@ -109,10 +111,10 @@ export class Connection {
     try {
       // As stunnel: libwrap and IDENT decide before the connection counts as accepted.
       await this.checkAccess();
-      log(
-        5,
-        `Service [${service.name}] accepted connection from ${formatPeer(this.local.remoteAddr)}`,
-      );
+      // As stunnel: a local side that is no socket (pipes, a terminal) has no peer to name.
+      const peer = this.local.remoteAddr;
+      const from = peer === NOT_A_SOCKET ? "" : ` from ${formatPeer(peer)}`;
+      log(5, `Service [${service.name}] accepted connection${from}`);
       await this.establish();
     } catch (e) {
       // Refused by a check: `reset = yes` resets the client too.
@@ -158,7 +160,7 @@ export class Connection {
     const opts = this.service.opts;
     if (!opts.libwrap && opts.ident === undefined) return;
     const peer = this.local.remoteAddr;
-    const unixSocket = opts.accept?.kind === "unix";
+    const unixSocket = opts.accept.some((a) => a.kind === "unix");
     if (opts.libwrap) await libwrapAuth(this.service.name, peer, unixSocket, this.log);
     if (opts.ident !== undefined) {
       await identAuth({
@@ -276,6 +278,8 @@ export class Connection {
       const version = engine.version;
       // stunnel 5.68 says "ciphersuite" for every protocol version.
       log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
+      const key = peerTmpKey(engine);
+      log(6, key ? `Peer temporary key: ${key}` : "No peer temporary key received");
     }
     // `redirect`: a client that failed authentication (or sent no certificate) got through the
     // handshake only to be sent to the redirect target; a resumed session keeps its verdict.
@@ -320,7 +324,7 @@ export class Connection {
       `Service [${this.service.name}] connected remote server from ${formatPeer(remote.localAddr)}`,
     );
     this.sockets.push(remote);
-    remote.setNoDelay?.(true);
+    setNoDelay(remote, this.log);
     return remote;
   }
 
@@ -342,11 +346,18 @@ export class Connection {
     });
     const tlsToSocket = pipe(tls, plain, progress((n) => this.toSocket += n)).then(() => {
       this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
+      // pipe() ended the plain side's direction: a socket is shut down, anything else closed.
+      const socket = plain.conn.remoteAddr !== NOT_A_SOCKET;
+      this.log(7, socket ? "Sent socket write shutdown" : "Closing the file descriptor");
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
     const socketToTls = pipe(plain, tls, progress((n) => this.toTls += n)).then(() => {
       this.log(6, "Read socket closed (read hangup)");
+      if (tls.closeNotifySent) {
+        this.log(7, "Sending close_notify alert");
+        this.log(6, "SSL_shutdown successfully sent close_notify alert");
+      }
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
@@ -364,6 +375,13 @@ export class Connection {
       log(3, osErrorText(e));
     }
   }
+}
+
+/** stunnel's default r:TCP_NODELAY=yes, on a socket Deno made (netconn.ts sets its own). */
+function setNoDelay(conn: Conn, log: Logger): void {
+  if (!conn.setNoDelay) return;
+  conn.setNoDelay(true);
+  log(7, "Option TCP_NODELAY set on remote socket");
 }
 
 function closeQuietly(conn: Conn): void {

@@ -4,15 +4,15 @@
  */
 import { formatAddress } from "../config/address.ts";
 import { Connection } from "./connection.ts";
-import { execEnvironment, isExecConnect, spawnExec } from "../local/exec.ts";
+import { isExecConnect } from "../local/exec.ts";
+import { runExecConnect } from "./execconnect.ts";
 import { newLibwrapLock, useLibwrapLock } from "../access/libwrap.ts";
 import { newCapwinCredentials, useCapwinCredentials } from "../../protocols/capwin.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
-import { newRoundRobin, Service } from "./service.ts";
+import { BindError, type Bound, newRoundRobin, Service } from "./service.ts";
 import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
-import { ListenerOptionsError } from "../net/listener.ts";
-import { type Conn, UNNAMED } from "../net/conn.ts";
+import type { Conn } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
 import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
 import type { Configuration, LogId } from "../config/types.ts";
@@ -92,7 +92,7 @@ export class Daemon {
   /** Which service each listening socket accepts for. */
   private readonly owners = new Map<Deno.Listener, Service>();
   /** connect+exec sections whose program runs (or is restarted: `retry`). */
-  private readonly execLoops = new Set<Service>();
+  private readonly programs = new Set<Service>();
   private readonly timer: ReturnType<typeof setInterval>;
   private stopping = false;
 
@@ -112,80 +112,73 @@ export class Daemon {
     return sink.bind("ui", this.runtime.worker ? Math.min(level, 4) : level);
   }
 
-  /** Builds the services and binds them; throws StartError (already logged) on failure. */
+  /**
+   * Builds the services and binds them; throws StartError (already logged) on failure. The
+   * programs of connect+exec sections start later (startPrograms).
+   */
   async start(): Promise<void> {
     this.services = createServices(this.config, this.log, this.runtime);
     // Worker threads resolve quietly: the main thread has said it all once.
     const quiet = Object.assign(() => {}, { level: -1 });
     for (const s of this.services) await s.prepare(this.runtime.worker ? quiet : this.log);
     this.log(5, "Configuration successful");
-    await this.bindAll(this.services);
+    try {
+      await this.bindAll(this.services);
+    } catch (e) {
+      for (const s of this.services) s.unbind(this.log);
+      throw e;
+    }
+    this.listen(this.services);
   }
 
   /**
-   * Binds every service that has no listener yet; on failure closes what it bound and throws
-   * (after logging). Accept loops start only when all of them are bound.
+   * Binds the accept addresses of every service that have no listening socket yet; throws
+   * StartError (logged) when a service has none. Accepting starts with listen().
    */
   private async bindAll(services: Service[]): Promise<void> {
-    const bound: Service[] = [];
-    /** connect+exec sections to start once everything is bound. */
-    const programs: Service[] = [];
     for (const service of services) {
       await service.prepare(this.log);
-      if (service.listener || this.execLoops.has(service)) continue;
       if (isExecConnect(service.opts)) {
-        // A connect+exec section: no listener; its program is started now (the main thread's).
-        if (!this.runtime.worker) {
-          this.execLoops.add(service);
-          programs.push(service);
-        }
-        continue;
-      }
-      if (isSecondaryOnly(service)) {
+        this.log(7, `Skipped exec+connect service [${service.name}]`);
+      } else if (isSecondaryOnly(service)) {
         this.log(7, `Skipped SNI secondary service [${service.name}]`);
-        continue;
-      }
-      try {
-        service.bind(this.log, this.runtime.reusePort);
-        bound.push(service);
-      } catch (e) {
-        const a = service.opts.accept;
-        const where = a ? formatAddress(a) : "";
-        // An accept socket option that failed was logged by itself (listener.ts).
-        if (e instanceof ListenerOptionsError) {
-          this.log(3, `Binding service [${service.name}] failed`);
-        } else {
-          this.log(3, `Error binding service [${service.name}] to ${where}: ${osErrorText(e)}`);
+      } else {
+        try {
+          service.bind(this.log, this.runtime.reusePort);
+        } catch (e) {
+          throw e instanceof BindError ? new StartError("Binding failed") : e;
         }
-        for (const s of bound) s.unbind(this.log);
-        for (const s of programs) this.execLoops.delete(s);
-        throw new StartError("Binding failed");
       }
     }
+  }
+
+  /** Accepts on every listening socket of `services` (a loop per socket not yet accepted on). */
+  private listen(services: Service[]): void {
     for (const service of services) {
-      if (service.listener) this.owners.set(service.listener, service);
+      for (const { listener } of service.bound) {
+        const known = this.owners.has(listener);
+        this.owners.set(listener, service);
+        if (!known) void this.acceptLoop(listener);
+      }
     }
-    for (const service of bound) void this.acceptLoop(service.listener!);
-    for (const service of programs) void this.execConnectLoop(service);
   }
 
   /**
-   * A connect+exec section: the program is the local side of one connection to `connect`;
-   * with `retry = yes` it is started again a second after each connection ends, as long as the
-   * section is configured.
+   * Starts the program of every connect+exec section not running yet, as stunnel does once it
+   * is ready to accept (and at each reload). Worker threads leave them to the main thread.
    */
-  private async execConnectLoop(service: Service): Promise<void> {
-    for (;;) {
+  startPrograms(): void {
+    if (this.runtime.worker || this.stopping) return;
+    for (const service of this.services) {
+      if (!isExecConnect(service.opts) || this.programs.has(service)) continue;
+      this.log(7, `Starting exec+connect service [${service.name}]`);
+      this.programs.add(service);
       const id = this.connectionId(service.opts.logId);
-      const log = this.sink.bind(id, service.opts.debugLevel);
-      const program = spawnExec(service.opts, execEnvironment(UNNAMED, undefined), log);
-      await this.handle(service, program, log);
-      if (!service.opts.retry || this.stopping || !this.execLoops.has(service)) break;
-      log(6, "Retrying an exec+connect section");
-      await new Promise((r) => setTimeout(r, 1000));
-      if (this.stopping || !this.execLoops.has(service)) break;
+      void runExecConnect(service, id, this.sink, {
+        running: (s) => this.programs.has(s) && !this.stopping,
+        handle: (s, local, log) => this.handle(s, local, log),
+      }).finally(() => this.programs.delete(service));
     }
-    this.execLoops.delete(service);
   }
 
   /** Accepts for whichever service owns the listener now (a reload may hand it over). */
@@ -206,13 +199,15 @@ export class Daemon {
         conn.close();
         return;
       }
-      void this.handle(owner, conn);
+      const log = this.sink.bind(this.connectionId(owner.opts.logId), owner.opts.debugLevel);
+      log(7, `Service [${owner.name}] started`);
+      void this.handle(owner, conn, log);
     }
   }
 
   private unbind(service: Service): void {
-    this.execLoops.delete(service);
-    if (service.listener) this.owners.delete(service.listener);
+    this.programs.delete(service);
+    for (const { listener } of service.bound) this.owners.delete(listener);
     service.unbind(this.log);
   }
 
@@ -228,11 +223,7 @@ export class Daemon {
     }
   }
 
-  private handle(
-    service: Service,
-    conn: Conn,
-    log = this.sink.bind(this.connectionId(service.opts.logId), service.opts.debugLevel),
-  ): Promise<void> {
+  private handle(service: Service, conn: Conn, log: Logger): Promise<void> {
     const connection = new Connection(service, conn, log);
     this.accepted++;
     this.connections.add(connection);
@@ -278,31 +269,24 @@ export class Daemon {
     } catch {
       return false;
     }
-    // A service whose accept address is unchanged keeps its listening socket: no gap in
-    // accepting, and no race with the kernel releasing the old socket.
+    // An accept address that is unchanged keeps its listening socket: no gap in accepting,
+    // and no race with the kernel releasing the old socket.
     const old = this.services;
-    const adopted = new Map<Service, Service>();
-    for (const s of services) {
-      const same = old.find((o) =>
-        o.listener && o.opts.accept && s.opts.accept &&
-        formatAddress(o.opts.accept) === formatAddress(s.opts.accept) &&
-        ![...adopted.values()].includes(o)
-      );
-      if (same) adopted.set(s, same);
-    }
+    const moved = handOver(old, services, log);
     try {
-      await this.bindAll(services.filter((s) => !adopted.has(s)));
+      await this.bindAll(services);
     } catch {
+      // The old services get their sockets back, with their own options.
+      for (const { from, to, bound } of moved) {
+        to.bound = to.bound.filter((b) => b.listener !== bound.listener);
+        from.adopt(bound, bound.accept, log);
+      }
+      for (const s of services) s.unbind(log);
       for (const s of services) s.free();
       return false;
     }
-    for (const [s, o] of adopted) {
-      s.adoptListener(o.listener!, log);
-      o.listener = undefined;
-      this.owners.set(s.listener!, s);
-      await s.prepare(log);
-    }
     for (const o of old) this.unbind(o);
+    this.listen(services);
     this.sink.switchTo(sink);
     this.log = this.uiLogger(this.sink, next);
     this.config = next;
@@ -310,6 +294,7 @@ export class Daemon {
     // Open connections keep their SSL objects, which hold their own reference to the context.
     for (const o of old) o.free();
     this.log(5, "Configuration successful");
+    this.startPrograms();
     return true;
   }
 
@@ -323,4 +308,30 @@ export class Daemon {
     for (const s of this.services) s.free();
     this.sink.close();
   }
+}
+
+/** A listening socket (as `from` had it) taken over by a service of the new configuration. */
+interface Move {
+  from: Service;
+  to: Service;
+  bound: Bound;
+}
+
+/** Hands each listening socket of `old` over to a service of `next` with the same address. */
+function handOver(old: Service[], next: Service[], log: Logger): Move[] {
+  const moved: Move[] = [];
+  for (const to of next) {
+    for (const accept of to.opts.accept) {
+      const where = formatAddress(accept);
+      for (const from of old) {
+        const bound = from.bound.find((b) => formatAddress(b.accept) === where);
+        if (!bound) continue;
+        from.bound = from.bound.filter((b) => b !== bound);
+        to.adopt(bound, accept, log);
+        moved.push({ from, to, bound });
+        break;
+      }
+    }
+  }
+  return moved;
 }

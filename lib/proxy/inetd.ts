@@ -12,18 +12,18 @@ import { early } from "../sys/log.ts";
 import { openStartupLog } from "./startup.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
-import { type Conn, UNNAMED } from "../net/conn.ts";
+import { type Conn, NOT_A_SOCKET } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
 import type { Configuration } from "../config/types.ts";
 
 const SHUT_WR = 1;
 
-/** The peer of descriptor 0 if it is an IP socket; else an unnamed Unix peer (a pipe too). */
+/** The peer of descriptor 0 if it is a socket (a Unix one may be unnamed); else NOT_A_SOCKET. */
 function stdinPeer(): Deno.Addr {
   const buf = new Uint8Array(128);
   const len = new Uint32Array([buf.length]);
-  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return UNNAMED;
-  return decodeSockAddr(buf, len[0]) ?? UNNAMED;
+  if (lib().libc.getpeername(0, buf, new Uint8Array(len.buffer)) !== 0) return NOT_A_SOCKET;
+  return decodeSockAddr(buf, len[0]) ?? NOT_A_SOCKET;
 }
 
 /**
@@ -33,7 +33,7 @@ function stdinPeer(): Deno.Addr {
 class StdioConn implements Conn {
   readonly remoteAddr: Deno.Addr = stdinPeer();
   /** Not a TCP address: `reset = yes` cannot find (and must not touch) our stdio. */
-  readonly localAddr: Deno.Addr = UNNAMED;
+  readonly localAddr: Deno.Addr = NOT_A_SOCKET;
   private writeClosed = false;
   private closed = false;
 
@@ -111,6 +111,7 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   await service.prepare(ui);
   ui(5, "Configuration successful");
   const log = sink.bind("0", opts.debugLevel);
+  log(7, `Service [${opts.name}] started`);
   const connection = new Connection(service, new StdioConn(), log);
   const timer = setInterval(() => connection.checkTimeout(Date.now()), 1000);
   try {

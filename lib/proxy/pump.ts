@@ -124,6 +124,11 @@ export class TlsStream implements Stream {
     if (data.length > 0) this.pendingPlain = data;
   }
 
+  /** Our close_notify went out (closeWrite sends none to a peer that just closed TCP). */
+  get closeNotifySent(): boolean {
+    return this.sentCloseNotify;
+  }
+
   /**
    * Completes the handshake; throws a TlsError or a socket error. `waiting` is told before each
    * wait for the peer: as in stunnel, TIMEOUTbusy bounds each wait, not the whole handshake.

@@ -1,13 +1,15 @@
 /** A configured service at run time: its TLS context, its listener and its connect targets. */
 import { formatAddress } from "../config/address.ts";
 import type { Logger } from "../sys/log.ts";
+import { osErrorText } from "../sys/oserror.ts";
 import { TlsContext } from "../tls/context.ts";
 import type { Address, ServiceOptions } from "../config/types.ts";
 import type { Conn } from "../net/conn.ts";
 import { connect, type ConnectSetup, resolveAddress } from "../net/connect.ts";
 import type { OwnSocket } from "../net/netconn.ts";
 import { type SocketOption, SocketOptions } from "../net/sockopt.ts";
-import { configureListener, fdSnapshot } from "../net/listener.ts";
+import { configureListener, fdSnapshot, ListenerOptionsError } from "../net/listener.ts";
+import { findListenerFds } from "../sys/sockfd.ts";
 
 /** Resolves every connect target; each failure is logged, and no address at all is an error. */
 async function resolveAll(addresses: Address[], log: Logger): Promise<Address[]> {
@@ -20,6 +22,16 @@ async function resolveAll(addresses: Address[], log: Logger): Promise<Address[]>
   if (targets.length === 0) throw new Error("No remote host resolved");
   return targets;
 }
+
+/** A listening socket of a service: the `accept` address it was made for, and its descriptor. */
+export interface Bound {
+  accept: Address;
+  listener: Deno.Listener;
+  fd: number;
+}
+
+/** No `accept` address of the service could be bound (logged). */
+export class BindError extends Error {}
 
 /** The round-robin position of each service, shared by all threads (slots by name). */
 const RR_SLOTS = 256;
@@ -39,10 +51,11 @@ export class Service {
   /** null until resolved; stays null in delayed-resolver mode (resolved per connection). */
   private targets: Address[] | null = null;
   private delay: boolean;
-  listener: Deno.Listener | undefined;
+  /** The listening sockets, in the order of the `accept` lines they were made for. */
+  bound: Bound[] = [];
   /** `socket = a|l|r:...` with stunnel's defaults (sockopt.ts). */
   readonly sockets: SocketOptions;
-  /** Local options to set on each accepted socket (the listener carries the others). */
+  /** Local options to set on each accepted socket (the listeners carry the others). */
   localPerConnection: SocketOption[] = [];
 
   constructor(
@@ -91,45 +104,79 @@ export class Service {
     return first?.kind === "tcp" ? first.host : undefined;
   }
 
-  bind(log: Logger, reusePort: boolean): Deno.Listener {
-    const a = this.opts.accept!;
-    if (a.kind === "unix") {
+  /**
+   * Binds each `accept` address that has no listening socket yet (a reload may have handed
+   * some over) and logs every one as bound, in the order of the lines. As in stunnel, an
+   * address that cannot be bound is left out, and a service with none fails (BindError,
+   * logged); a left-out address is a warning (stunnel: a notice), not to go unnoticed.
+   */
+  bind(log: Logger, reusePort: boolean): void {
+    log(7, `Binding service [${this.name}]`);
+    for (const accept of this.opts.accept) {
+      let bound = this.bound.find((b) => b.accept === accept);
+      if (!bound) {
+        try {
+          bound = this.listen(accept, log, reusePort);
+        } catch (e) {
+          // An accept socket option that failed was logged by itself (listener.ts).
+          if (!(e instanceof ListenerOptionsError)) {
+            log(4, `Binding service [${this.name}] to ${formatAddress(accept)}: ${osErrorText(e)}`);
+          }
+          continue;
+        }
+        this.bound.push(bound);
+      }
+      log(6, `Service [${this.name}] (FD=${bound.fd}) bound to ${boundAddress(bound.listener)}`);
+    }
+    if (this.bound.length === 0) {
+      log(3, `Binding service [${this.name}] failed`);
+      throw new BindError();
+    }
+  }
+
+  /** One listening socket with this service's accept and local socket options. */
+  private listen(accept: Address, log: Logger, reusePort: boolean): Bound {
+    if (accept.kind === "unix") {
       try {
-        Deno.removeSync(a.path);
+        Deno.removeSync(accept.path);
       } catch {
         // no stale socket
       }
-      const before = fdSnapshot();
-      this.listener = Deno.listen({ transport: "unix", path: a.path });
-      this.localPerConnection = this.configureListener(before, log);
-    } else {
-      const before = fdSnapshot();
-      this.listener = Deno.listen({ transport: "tcp", hostname: a.host, port: a.port, reusePort });
-      this.localPerConnection = this.configureListener(before, log);
     }
-    const bound = this.listener.addr;
-    const where = formatAddress(
-      bound.transport === "unix" ? { kind: "unix", path: (bound as Deno.UnixAddr).path } : {
-        kind: "tcp",
-        host: (bound as Deno.NetAddr).hostname,
-        port: (bound as Deno.NetAddr).port,
-      },
-    );
-    log(6, `Service [${this.name}] bound to ${where}`);
-    return this.listener;
+    const before = fdSnapshot();
+    const listener = accept.kind === "unix"
+      ? Deno.listen({ transport: "unix", path: accept.path })
+      : Deno.listen({ transport: "tcp", hostname: accept.host, port: accept.port, reusePort });
+    const [fd] = findListenerFds(listener.addr, before);
+    log(7, `Listening file descriptor created (FD=${fd})`);
+    try {
+      this.addPerConnection(configureListener(listener, before, this.sockets, log));
+    } catch (e) {
+      closeListener(listener, accept);
+      throw e;
+    }
+    return { accept, listener, fd };
   }
 
   /**
-   * Takes over the listener of the service this one replaces (a reload with the same accept
-   * address): this configuration's socket options are set on it again.
+   * Takes over a listening socket of the service this one replaces (a reload with the same
+   * accept address): this configuration's socket options are set on it again.
    */
-  adoptListener(listener: Deno.Listener, log: Logger): void {
-    this.listener = listener;
+  adopt(from: Bound, accept: Address, log: Logger): void {
+    const bound = { ...from, accept };
+    this.bound.push(bound);
     try {
-      this.localPerConnection = configureListener(listener, undefined, this.sockets, log);
+      this.addPerConnection(configureListener(bound.listener, undefined, this.sockets, log));
     } catch {
       // Logged; the listener keeps the options it had, and accepted sockets get them all.
-      this.localPerConnection = [...this.sockets.local];
+      this.addPerConnection(this.sockets.local);
+    }
+  }
+
+  /** Options a listener does not carry are set on each accepted socket (twice is harmless). */
+  private addPerConnection(options: readonly SocketOption[]): void {
+    for (const o of options) {
+      if (!this.localPerConnection.includes(o)) this.localPerConnection.push(o);
     }
   }
 
@@ -151,33 +198,14 @@ export class Service {
     };
   }
 
-  /** Socket options of the new listener (listener.ts); closes it if an accept option fails. */
-  private configureListener(before: Set<string>, log: Logger): SocketOption[] {
-    try {
-      return configureListener(this.listener!, before, this.sockets, log);
-    } catch (e) {
-      this.listener!.close();
-      this.listener = undefined;
-      throw e;
-    }
-  }
-
+  /** Closes every listening socket of the service, as stunnel's unbind_ports() logs it. */
   unbind(log: Logger): void {
-    if (!this.listener) return;
-    try {
-      this.listener.close();
-    } catch {
-      // already closed
+    log(7, `Unbinding service [${this.name}]`);
+    for (const { accept, listener, fd } of this.bound) {
+      closeListener(listener, accept);
+      log(7, `Service [${this.name}] closed (FD=${fd})`);
     }
-    this.listener = undefined;
-    const a = this.opts.accept;
-    if (a?.kind === "unix") {
-      try {
-        Deno.removeSync(a.path);
-      } catch {
-        // gone already
-      }
-    }
+    this.bound = [];
     log(7, `Service [${this.name}] closed`);
   }
 
@@ -198,15 +226,21 @@ export class Service {
       ? await resolveAll([this.opts.redirect], log)
       : this.targets ?? await resolveAll(this.opts.connect, log);
     // The delayed resolver means failover = prio (manual).
-    const start = !chosen && !redirect && this.opts.failover === "rr" && !this.delay
-      ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length
-      : 0;
-    const setup: ConnectSetup = {
-      timeoutSeconds: this.opts.TIMEOUTconnect,
-      own: this.ownRemoteSocket ? this.ownSocket(peer) : undefined,
-    };
+    const rr = !chosen && !redirect && this.opts.failover === "rr" && !this.delay;
+    const start = rr ? Atomics.add(this.roundRobin, slotOf(this.name), 1) % targets.length : 0;
+    if (targets.length > 1) {
+      log(6, `failover: ${rr ? "round-robin" : "priority"}, starting at entry #${start}`);
+    }
+    const own = this.ownRemoteSocket ? this.ownSocket(peer) : undefined;
     for (let i = 0; i < targets.length; i++) {
-      const conn = await connect(targets[(start + i) % targets.length], setup, log);
+      const target = targets[(start + i) % targets.length];
+      // Deno.connect refuses port 0; connect(2) tells what it does (refused, on loopback).
+      const portZero = target.kind === "tcp" && target.port === 0;
+      const setup: ConnectSetup = {
+        timeoutSeconds: this.opts.TIMEOUTconnect,
+        own: own ?? (portZero ? this.ownSocket(peer) : undefined),
+      };
+      const conn = await connect(target, setup, log);
       if (conn) return conn;
     }
     throw new Error("No more addresses to connect");
@@ -214,5 +248,30 @@ export class Service {
 
   free(): void {
     this.tls.free();
+  }
+}
+
+/** The address a listening socket is bound to, as stunnel logs it (the port 0 chose included). */
+function boundAddress(listener: Deno.Listener): string {
+  const addr = listener.addr;
+  return formatAddress(
+    addr.transport === "unix"
+      ? { kind: "unix", path: (addr as Deno.UnixAddr).path }
+      : { kind: "tcp", host: (addr as Deno.NetAddr).hostname, port: (addr as Deno.NetAddr).port },
+  );
+}
+
+/** Closes a listening socket; a Unix socket's file goes with it. */
+function closeListener(listener: Deno.Listener, accept: Address): void {
+  try {
+    listener.close();
+  } catch {
+    // already closed
+  }
+  if (accept.kind !== "unix") return;
+  try {
+    Deno.removeSync(accept.path);
+  } catch {
+    // gone already
   }
 }

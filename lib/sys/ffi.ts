@@ -145,6 +145,13 @@ const cryptoSymbols = {
   PKCS12_free: { parameters: ["pointer"], result: "void" },
   X509_free: { parameters: ["pointer"], result: "void" },
   EVP_PKEY_free: { parameters: ["pointer"], result: "void" },
+  // tmpkey.ts: the peer's key exchange key, as stunnel's print_tmp_key() names it
+  EVP_PKEY_get_id: { parameters: ["pointer"], result: "i32" },
+  EVP_PKEY_get_bits: { parameters: ["pointer"], result: "i32" },
+  EVP_PKEY_get_group_name: { parameters: ["pointer", "buffer", "usize", "buffer"], result: "i32" },
+  OBJ_nid2sn: { parameters: ["i32"], result: "pointer" },
+  OBJ_txt2nid: { parameters: ["buffer"], result: "i32" },
+  EC_curve_nid2nist: { parameters: ["i32"], result: "pointer" },
   OPENSSL_sk_num: { parameters: ["pointer"], result: "i32" },
   OPENSSL_sk_value: { parameters: ["pointer", "i32"], result: "pointer" },
   X509_check_host: {
@@ -379,6 +386,21 @@ const libcSymbols = {
   ptsname_r: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // spawn.ts: a program on a socket of ours (Deno.Command only gives it pipes)
+  posix_spawn: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  posix_spawn_file_actions_init: { parameters: ["buffer"], result: "i32" },
+  posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
+  posix_spawnattr_init: { parameters: ["buffer"], result: "i32" },
+  posix_spawnattr_setflags: { parameters: ["buffer", "i16"], result: "i32" },
+  posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
+  posix_spawnattr_setsigmask: { parameters: ["buffer", "buffer"], result: "i32" },
+  posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  // Waits for that program's end on a thread of its own.
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type SslLib = Deno.DynamicLibrary<typeof sslSymbols>["symbols"];
@@ -454,6 +476,7 @@ export const SSL_ERROR_WANT_CLIENT_HELLO_CB = 11;
 export const SSL_SENT_SHUTDOWN = 1;
 export const SSL_RECEIVED_SHUTDOWN = 2;
 export const SSL_CTRL_SET_TLSEXT_HOSTNAME = 55;
+export const SSL_CTRL_GET_PEER_TMP_KEY = 109;
 export const SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59;
 export const SSL_CTRL_SET_SESS_CACHE_SIZE = 42;
 export const SSL_CTRL_SET_SESS_CACHE_MODE = 44;

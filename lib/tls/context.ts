@@ -93,6 +93,7 @@ export class TlsContext implements ContextHandle {
     // SNI virtual services: every server-mode context asks sni.ts, as stunnel's do.
     if (!opts.client) installServernameCallback(this);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);
+    else log(7, "No certificate or private key specified");
     // After the certificate, as in stunnel (its CA lines follow "Private key check succeeded").
     configureVerification(this, log);
     configureStapling(this, log);
@@ -167,9 +168,10 @@ export class TlsContext implements ContextHandle {
     }
     // As stunnel: a .p12 file is a PKCS#12 bundle (key included), anything else PEM.
     if (!certDone && /\.p12$/i.test(cert)) {
-      log(6, `Loading certificate from file: ${cert}`);
+      log(6, `Loading certificate and private key from file: ${cert}`);
+      warnIfOthersMayRead(cert, log);
       this.loadPkcs12(Deno.readFileSync(cert));
-      log(6, `Certificate loaded from file: ${cert}`);
+      log(6, `Certificate and private key loaded from file: ${cert}`);
       keyDone = true;
     } else if (!certDone) {
       log(6, `Loading certificate from file: ${cert}`);
@@ -181,6 +183,7 @@ export class TlsContext implements ContextHandle {
     }
     if (!keyDone) {
       log(6, `Loading private key from file: ${key}`);
+      warnIfOthersMayRead(key, log);
       check(
         ssl.SSL_CTX_use_PrivateKey_file(this.ctx, cstr(key), SSL_FILETYPE_PEM) === 1,
         "SSL_CTX_use_PrivateKey_file",
@@ -262,4 +265,15 @@ export class TlsContext implements ContextHandle {
     lib().ssl.SSL_CTX_free(this.ctx);
     for (const thing of this.owned) thing.close();
   }
+}
+
+/** As stunnel's file_permissions(): a private key that others may read is worth a warning. */
+function warnIfOthersMayRead(file: string, log: TlsContextLog): void {
+  let mode: number | null;
+  try {
+    mode = Deno.statSync(file).mode;
+  } catch {
+    return; // loading it fails with OpenSSL's reason
+  }
+  if (mode !== null && (mode & 0o7) !== 0) log(4, `Insecure file permissions on ${file}`);
 }

@@ -96,7 +96,8 @@ export function linkVirtualServices(services: readonly VirtualService[]): void {
 
 /** A secondary service with no `accept` of its own is reached only through its primary one. */
 export function isSecondaryOnly(service: VirtualService): boolean {
-  return !service.opts.client && service.opts.sniVirtual !== undefined && !service.opts.accept;
+  return !service.opts.client && service.opts.sniVirtual !== undefined &&
+    service.opts.accept.length === 0;
 }
 
 /** The connection side of a server-mode handshake. */
