@@ -1,7 +1,8 @@
 /**
  * Local mode (`exec`, `execArgs`): a program started per connection whose stdin and stdout are
  * one side of the connection, as stunnel's inetd-type programs. The child's pipes are wrapped
- * in a socket-like object, so that the pumps and protocol negotiations treat it as a socket.
+ * in a socket-like object, so that the pumps and protocol negotiations treat it as a socket;
+ * the program of a connect+exec section gets a real socket instead (spawnExecConnect).
  */
 import { lib } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";

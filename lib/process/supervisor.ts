@@ -96,7 +96,7 @@ export class Supervisor {
     this.enterChroot(this.config.global);
     this.writePidFile();
     this.dropPrivileges(ids);
-    // As stunnel: the programs of connect+exec sections run without the dropped privileges.
+    // As stunnel: the programs of connect+exec sections start once privileges are dropped.
     this.daemon.startPrograms();
     this.log(6, "Accepting new connections");
     this.markStarted();

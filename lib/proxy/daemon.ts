@@ -174,9 +174,13 @@ export class Daemon {
       this.log(7, `Starting exec+connect service [${service.name}]`);
       this.programs.add(service);
       const id = this.connectionId(service.opts.logId);
-      void runExecConnect(service, id, this.sink, {
+      runExecConnect(service, id, this.sink, {
         running: (s) => this.programs.has(s) && !this.stopping,
         handle: (s, local, log) => this.handle(s, local, log),
+      }).catch((e) => {
+        // No socket pair for the program (descriptors exhausted): as stunnel's failed start.
+        this.log(3, osErrorText(e));
+        this.log(3, `Failed to start exec+connect service [${service.name}]`);
       }).finally(() => this.programs.delete(service));
     }
   }
