@@ -12,50 +12,50 @@ export function inspectorUrl(consoleText: string): string | undefined {
   return consoleText.match(/Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/\S+)/)?.[1];
 }
 
-/** Collects garbage in the main isolate and every worker; resolves with the isolate count. */
-export function collectGarbage(url: string, timeoutMs = 20_000): Promise<number> {
+/**
+ * Collects garbage in the main isolate and in each of the `workers` worker isolates (they are
+ * announced after NodeWorker.enable, in no fixed order with its answer); resolves with the
+ * number of isolates collected.
+ */
+export function collectGarbage(url: string, workers: number, timeoutMs = 20_000): Promise<number> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url);
     let next = 0;
-    let workers = 0;
-    const pending = new Set<string>();
+    let attached = 0;
+    let collected = 0;
     const finish = (result: number | Error) => {
       clearTimeout(timer);
       ws.close();
       if (result instanceof Error) reject(result);
       else resolve(result);
     };
-    const timer = setTimeout(() => finish(new Error("the inspector did not answer")), timeoutMs);
-    const send = (method: string, params: object = {}) => {
-      const id = ++next;
-      pending.add(`main:${id}`);
-      ws.send(JSON.stringify({ id, method, params }));
-    };
-    const done = (key: string) => {
-      pending.delete(key);
-      // The main isolate answers its GC after NodeWorker.enable has listed the workers.
-      if (pending.size === 0) finish(workers + 1);
+    const timer = setTimeout(
+      () => finish(new Error(`the inspector answered for ${collected} of ${workers + 1} isolates`)),
+      timeoutMs,
+    );
+    const send = (method: string, params: object = {}) =>
+      ws.send(JSON.stringify({ id: ++next, method, params }));
+    const gc = JSON.stringify({ id: 1, method: "HeapProfiler.collectGarbage" });
+    let mainGc = 0;
+    const done = () => {
+      if (++collected === workers + 1) finish(collected);
     };
     ws.onerror = () => finish(new Error(`cannot reach the inspector at ${url}`));
-    ws.onopen = () => {
-      send("NodeWorker.enable", { waitForDebuggerOnStart: false });
-      send("HeapProfiler.collectGarbage");
-    };
+    ws.onopen = () => send("NodeWorker.enable", { waitForDebuggerOnStart: false });
     ws.onmessage = (e) => {
       const m = JSON.parse(String(e.data));
       if (m.method === "NodeWorker.attachedToWorker") {
-        workers++;
-        const sessionId = m.params.sessionId;
-        pending.add(`worker:${sessionId}`);
-        const message = JSON.stringify({ id: 1, method: "HeapProfiler.collectGarbage" });
-        ws.send(JSON.stringify({
-          id: ++next,
-          method: "NodeWorker.sendMessageToWorker",
-          params: { sessionId, message },
-        }));
+        if (++attached === workers) {
+          send("HeapProfiler.collectGarbage");
+          mainGc = next;
+        }
+        send("NodeWorker.sendMessageToWorker", { sessionId: m.params.sessionId, message: gc });
       } else if (m.method === "NodeWorker.receivedMessageFromWorker") {
-        if (JSON.parse(m.params.message).id === 1) done(`worker:${m.params.sessionId}`);
-      } else if (m.id !== undefined && pending.has(`main:${m.id}`)) done(`main:${m.id}`);
+        if (JSON.parse(m.params.message).id === 1) done();
+      } else if (m.id === 1 && workers === 0) {
+        send("HeapProfiler.collectGarbage"); // NodeWorker.enable answered; no worker to wait for
+        mainGc = next;
+      } else if (m.id !== undefined && m.id === mainGc) done();
     };
   });
 }

@@ -25,7 +25,14 @@ import {
 } from "./clients.ts";
 import { countLog, describeIds, endedIn, type LogCounts, topErrors } from "./logcount.ts";
 import { collectGarbage } from "./gc.ts";
-import { formatStats, listeningSockets, type ProcStats, procStats } from "./proc.ts";
+import {
+  descriptorDiff,
+  descriptorKinds,
+  formatStats,
+  listeningSockets,
+  type ProcStats,
+  procStats,
+} from "./proc.ts";
 import {
   type Backend,
   LISTENERS,
@@ -33,6 +40,7 @@ import {
   soakGlobals,
   startBackend,
   startSoakProxy,
+  THREADS,
 } from "./proxy.ts";
 import { MiB, mib, progress, type Report } from "./report.ts";
 import { Rng } from "./rng.ts";
@@ -270,7 +278,7 @@ export async function mixedPart(o: MixedOptions): Promise<void> {
   const measure = async () => {
     let least: ProcStats | undefined;
     for (let i = 0; i < 3; i++) {
-      if (proxy.inspector) isolates = await collectGarbage(proxy.inspector);
+      if (proxy.inspector) isolates = await collectGarbage(proxy.inspector, THREADS - 1);
       await sleep(SETTLE_MS);
       const s = procStats(proxy.pid);
       if (!least || s.rssKiB < least.rssKiB) least = s;
@@ -308,6 +316,7 @@ export async function mixedPart(o: MixedOptions): Promise<void> {
     progress(`mixed: warm-up for ${o.warmupSeconds} s`);
     await runLoad(o.warmupSeconds, false);
     const before = (await quiesce()).stats;
+    const kindsBefore = descriptorKinds(proxy.pid);
     report.figure(
       PART,
       `proxy before the load (after a ${o.warmupSeconds} s warm-up): ${formatStats(before)}`,
@@ -366,7 +375,8 @@ export async function mixedPart(o: MixedOptions): Promise<void> {
       PART,
       `descriptors back within 10% (+${FD_SLACK})`,
       after.fds <= before.fds * 1.1 + FD_SLACK,
-      `${before.fds} before, ${after.fds} after`,
+      `${before.fds} before, ${after.fds} after` +
+        descriptorDiff(kindsBefore, descriptorKinds(proxy.pid)).map((d) => `; ${d}`).join(""),
     );
     report.check(
       PART,

@@ -61,3 +61,50 @@ export async function raiseNofile(want: number): Promise<{ limit: number; why?: 
   if (failed) throw new Error(`cannot set the descriptor limit to ${hard}: ${failed}`);
   return { limit: hard, why: refused };
 }
+
+const TCP_STATES: Record<string, string> = {
+  "01": "ESTABLISHED",
+  "06": "TIME_WAIT",
+  "07": "CLOSE",
+  "08": "CLOSE_WAIT",
+  "0A": "LISTEN",
+};
+
+/**
+ * What the process's descriptors are, counted by kind: a file's path, a TCP socket's state and
+ * local port (from /proc/net/tcp), "pipe", "socket" (not TCP), an anon_inode's name.
+ */
+export function descriptorKinds(pid: number): Map<string, number> {
+  const tcp = new Map<string, string>();
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of Deno.readTextFileSync(file).split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10) continue;
+      const port = parseInt(f[1].slice(f[1].lastIndexOf(":") + 1), 16);
+      tcp.set(f[9], `TCP ${TCP_STATES[f[3]] ?? f[3]} (local port ${port})`);
+    }
+  }
+  const kinds = new Map<string, number>();
+  for (const entry of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    let target: string;
+    try {
+      target = Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    const inode = target.match(/^socket:\[(\d+)\]$/)?.[1];
+    const kind = inode ? tcp.get(inode) ?? "socket" : target.replace(/^pipe:\[\d+\]$/, "pipe");
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+  }
+  return kinds;
+}
+
+/** The kinds whose count differs between two descriptorKinds(), as "+N kind" items. */
+export function descriptorDiff(before: Map<string, number>, after: Map<string, number>): string[] {
+  const out: string[] = [];
+  for (const kind of new Set([...before.keys(), ...after.keys()])) {
+    const d = (after.get(kind) ?? 0) - (before.get(kind) ?? 0);
+    if (d !== 0) out.push(`${d > 0 ? "+" : ""}${d} ${kind}`);
+  }
+  return out;
+}

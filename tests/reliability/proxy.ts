@@ -97,7 +97,7 @@ export interface SoakProxy extends Process {
 }
 
 /** The proxy runs with this many threads from the start (STUNNEL_THREADS). */
-const THREADS = 2;
+export const THREADS = 2;
 /** Listening sockets per service: one per thread (stunnel listens in one thread). */
 export const LISTENERS = PROXY_IS_STUNNEL ? 1 : THREADS;
 
