@@ -60,9 +60,17 @@ export class Closer {
   }
 }
 
-/** Runs `fn`; after `ms` closes what it registered (failing what is pending): "stalled". */
-export async function bounded<T>(ms: number, fn: (closer: Closer) => Promise<T>): Promise<T> {
-  const closer = new Closer();
+/**
+ * Runs `fn`; after `ms` closes what is registered with the closer (failing what is pending) and
+ * throws "stalled". The closer is `fn`'s own, closed when it ends, unless the caller gives one
+ * (whose connections then outlive `fn`).
+ */
+export async function bounded<T>(
+  ms: number,
+  fn: (closer: Closer) => Promise<T>,
+  given?: Closer,
+): Promise<T> {
+  const closer = given ?? new Closer();
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -75,7 +83,7 @@ export async function bounded<T>(ms: number, fn: (closer: Closer) => Promise<T>)
     throw e;
   } finally {
     clearTimeout(timer);
-    closer.closeAll();
+    if (!given) closer.closeAll();
   }
 }
 
@@ -101,6 +109,10 @@ export class Session {
     );
     await tls.handshake();
     return new Session(tls, counters);
+  }
+
+  close(): void {
+    this.conn.close();
   }
 
   /** The request line of `q`. */

@@ -6,14 +6,12 @@
 import { freePorts, type Pki, pollUntil, sleep } from "../helpers.ts";
 import { bounded, Closer, newCounters, newRequest, pool, Session } from "./clients.ts";
 import { countLog, describeIds } from "./logcount.ts";
-import { formatStats, procStats } from "./proc.ts";
+import { FD_SLACK, formatStats, procStats } from "./proc.ts";
 import { soakGlobals, startBackend, startSoakProxy } from "./proxy.ts";
 import { progress, type Report } from "./report.ts";
 import { Rng } from "./rng.ts";
 
 const PART = "hold";
-/** Descriptors the proxy may keep beyond its baseline once idle (caches, a log reopen). */
-export const FD_SLACK = 8;
 
 export interface HoldOptions {
   count: number;
@@ -54,8 +52,12 @@ export async function holdPart({ count, pki, seed, report, dir }: HoldOptions): 
     let t0 = Date.now();
     await pool(count, 64, async () => {
       try {
-        const s = await Session.open(target, counters, closer);
-        sessions.push(s);
+        const s = await bounded(
+          30_000,
+          (own) => Session.open(target, counters, own),
+          new Closer(),
+        );
+        sessions.push(closer.add(s));
       } catch (e) {
         const key = String(e).replace(/\d+/g, "N");
         openErrors.set(key, (openErrors.get(key) ?? 0) + 1);
@@ -94,11 +96,19 @@ export async function holdPart({ count, pki, seed, report, dir }: HoldOptions): 
     let used = 0;
     const useErrors = new Map<string, number>();
     t0 = Date.now();
+    // Each bounded in time by closing its connection (which must stay open for the next step).
+    const own = sessions.map((s) => {
+      const closer = new Closer();
+      closer.add(s.conn);
+      return closer;
+    });
     await pool(sessions.length, 2000, async (i) => {
       try {
-        await bounded(120_000, async () => {
-          await sessions[i].request(newRequest(rng, `hold${i}`, 1024, 1024));
-        });
+        await bounded(
+          120_000,
+          () => sessions[i].request(newRequest(rng, `hold${i}`, 1024, 1024)),
+          own[i],
+        );
         used++;
       } catch (e) {
         const key = String(e).replace(/\d+/g, "N");
@@ -120,7 +130,7 @@ export async function holdPart({ count, pki, seed, report, dir }: HoldOptions): 
     // A clean close of each (close_notify, then the backend's EOF through the proxy).
     let finished = 0;
     await pool(sessions.length, 1000, async (i) => {
-      await bounded(60_000, () => sessions[i].finish()).then(() => finished++, () => {});
+      await bounded(60_000, () => sessions[i].finish(), own[i]).then(() => finished++, () => {});
     });
     closer.closeAll();
     report.figure(PART, `${finished} closed cleanly (close_notify both ways)`);

@@ -28,6 +28,7 @@ import { collectGarbage } from "./gc.ts";
 import {
   descriptorDiff,
   descriptorKinds,
+  FD_SLACK,
   formatStats,
   listeningSockets,
   type ProcStats,
@@ -44,7 +45,6 @@ import {
 } from "./proxy.ts";
 import { MiB, mib, progress, type Report } from "./report.ts";
 import { Rng } from "./rng.ts";
-import { FD_SLACK } from "./hold.ts";
 
 const PART = "mixed";
 /** How long after a backend is back a failure may still be blamed on its kill. */

@@ -1,5 +1,8 @@
 /** What /proc tells about a process and the machine's sockets, and raising descriptor limits. */
 
+/** Descriptors the proxy may keep beyond its baseline once idle (caches, a log reopen). */
+export const FD_SLACK = 8;
+
 export interface ProcStats {
   rssKiB: number;
   fds: number;
