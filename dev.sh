@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The two README commands.
+# The README commands.
 #
 #   ./dev.sh start [CONF]   run the proxy on CONF (default examples/stunnel.conf)
-#   ./dev.sh test [ARGS]    run the whole test suite (ARGS go to `deno test`, e.g. --filter x)
+#   ./dev.sh test [ARGS]    run the whole test suite (ARGS go to `deno test`, e.g. --filter x);
+#                           without ARGS the quick reliability suite runs after it
+#   ./dev.sh soak [--quick] [ARGS]   the reliability suite (tests/reliability/soak.ts)
 #
-# Both first make sure the Deno pinned in tools/deno/package.json is installed (with npm).
-# `test` also installs the programs the end-to-end tests drive (openssl, curl, stunnel4, socat)
-# and the C headers the name-table tests read (libssl-dev, libc6-dev) when they are missing and we
-# are root, and ends with a plain `N passed, N failed` line.
+# All first make sure the Deno pinned in tools/deno/package.json is installed (with npm).
+# `test` and `soak` also install the programs the tests drive (openssl, curl, stunnel4, socat,
+# testssl.sh, ...) and the C headers the name-table tests read (libssl-dev, libc6-dev) when they
+# are missing and we are root; both end with a plain `N passed, N failed` line.
 # Environment: PROXY_CMD=stunnel4 runs the end-to-end tests against the reference stunnel.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -61,6 +63,8 @@ TEST_TOOLS=(
   "ps procps"
   "/usr/include/openssl/ssl.h libssl-dev"
   "/usr/include/syslog.h libc6-dev"
+  "prlimit util-linux"
+  "testssl testssl.sh"
 )
 
 ensure_test_tools() {
@@ -120,6 +124,23 @@ cmd_start() {
   exec "$DENO" run -A main.ts "${1:-examples/stunnel.conf}"
 }
 
+# The quick reliability suite's limit; the full one runs 10 minutes of load, and more beside.
+SOAK_TIMEOUT_QUICK=900
+SOAK_TIMEOUT_FULL=3600
+
+# Runs the reliability suite with ARGS; its output ends with `N passed, N failed`.
+run_soak() {
+  local limit=$SOAK_TIMEOUT_FULL
+  if [[ " $* " == *" --quick "* ]]; then limit=$SOAK_TIMEOUT_QUICK; fi
+  timeout --kill-after=15 "$limit" "$DENO" run -A tests/reliability/soak.ts "$@" </dev/null
+}
+
+cmd_soak() {
+  ensure_deno
+  ensure_test_tools
+  run_soak "$@"
+}
+
 cmd_test() {
   ensure_deno
   ensure_test_tools
@@ -139,6 +160,21 @@ cmd_test() {
   passed="$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '^[0-9]+')"
   failed="$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '^[0-9]+')"
   ignored="$(grep -oE '[0-9]+ ignored' <<<"$summary" | grep -oE '^[0-9]+')" || ignored=0
+  # The whole suite (no ARGS) also runs the quick reliability suite; its checks count too.
+  if (($# == 0)); then
+    local soak_out soak_rc=0 soak_summary
+    soak_out="$(mktemp "${TMPDIR:-/tmp}/dev-soak.XXXXXX")"
+    run_soak --quick 2>&1 | tee "$soak_out" || soak_rc=$?
+    soak_summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$soak_out" | tail -n 1)" || true
+    rm -f "$soak_out"
+    if [[ -z "$soak_summary" ]]; then
+      soak_summary="0 passed, 1 failed" # it did not get to its summary
+    fi
+    echo "deno test: ${passed} passed, ${failed} failed; quick soak: ${soak_summary}"
+    passed=$((passed + $(grep -oE '^[0-9]+' <<<"$soak_summary")))
+    failed=$((failed + $(grep -oE '[0-9]+ failed' <<<"$soak_summary" | grep -oE '^[0-9]+')))
+    if ((soak_rc != 0 && rc == 0)); then rc=$soak_rc; fi
+  fi
   if ((ignored > 0)); then
     echo "${passed} passed, ${failed} failed, ${ignored} skipped"
   else
@@ -157,8 +193,12 @@ case "${1:-}" in
     shift
     cmd_test "$@"
     ;;
+  soak)
+    shift
+    cmd_soak "$@"
+    ;;
   *)
-    echo "usage: $0 start [CONF] | $0 test [deno test args]" >&2
+    echo "usage: $0 start [CONF] | $0 test [deno test args] | $0 soak [--quick] [soak args]" >&2
     exit 2
     ;;
 esac
