@@ -184,7 +184,7 @@ export class Connection {
       this.log,
     );
     // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
-    const negotiation = negotiationFor(opts);
+    const negotiation = await negotiationFor(opts);
     const local = new PlainStream(this.local);
     this.streams.push(local);
     await this.negotiate(negotiation, "early", { local });

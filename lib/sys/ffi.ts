@@ -163,6 +163,11 @@ const cryptoSymbols = {
   // session.ts
   HMAC_Init_ex: { parameters: ["pointer", "buffer", "i32", "pointer", "pointer"], result: "i32" },
   EVP_sha256: { parameters: [], result: "pointer" },
+  // digest.ts
+  HMAC: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "usize", "buffer", "pointer"],
+    result: "pointer",
+  },
   EVP_aes_128_cbc: { parameters: [], result: "pointer" },
   EVP_aes_256_cbc: { parameters: [], result: "pointer" },
   EVP_EncryptInit_ex: {
