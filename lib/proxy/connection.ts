@@ -7,7 +7,7 @@ import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
-import { checkPeerOcsp } from "../tls/ocsp.ts";
+import { ocspChecksPeer } from "../tls/ocsp_scope.ts";
 import { attachSni } from "../tls/sni.ts";
 import { type TlsConnection, TlsError } from "../tls/core.ts";
 import { execEnvironment, spawnExec } from "../local/exec.ts";
@@ -266,7 +266,10 @@ export class Connection {
     const { log, service } = this;
     const engine = tls.tls;
     // OCSP cannot block inside the verify callback: it asks here, before any byte moves.
-    await checkPeerOcsp(engine, service.opts, log);
+    if (ocspChecksPeer(service.opts)) {
+      const { checkPeerOcsp } = await import("../tls/ocsp.ts");
+      await checkPeerOcsp(engine, service.opts, log);
+    }
     service.tls.handshakeDone(engine);
     if (log.level >= 6) {
       const side = service.opts.client ? "connected" : "accepted";

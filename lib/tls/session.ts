@@ -42,10 +42,12 @@ import {
   encodeSession,
   type TlsContextLog,
 } from "./core.ts";
-import { configureSessiond } from "./sessiond.ts";
 import { hkdfSha256, sha256 } from "./digest.ts";
 
-export function configureSessions(context: ContextHandle, log: TlsContextLog): void {
+export async function configureSessions(
+  context: ContextHandle,
+  log: TlsContextLog,
+): Promise<void> {
   const { ssl } = lib();
   const { ctx, opts } = context;
   if (!opts.client) {
@@ -80,7 +82,10 @@ export function configureSessions(context: ContextHandle, log: TlsContextLog): v
   ssl.SSL_CTX_set_timeout(ctx, BigInt(opts.sessionCacheTimeout));
   if (!opts.sessionResume) return;
   // sessiond: the server's sessions also go to (and come from) the external cache.
-  if (!opts.client && opts.sessiond) configureSessiond(context, opts.sessiond, log);
+  // Loaded only then: its node:dgram costs every start ~50 ms and 6 MiB.
+  if (!opts.client && opts.sessiond) {
+    (await import("./sessiond.ts")).configureSessiond(context, opts.sessiond, log);
+  }
   if (opts.client) {
     ssl.SSL_CTX_sess_set_new_cb(ctx, callbacks().newSession.pointer);
     context.clientSessions.share(opts.name);
