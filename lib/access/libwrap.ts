@@ -7,7 +7,6 @@
  * the event loop), and never twice at once in the process: libwrap keeps global state, and all
  * threads share it. A lock word in a SharedArrayBuffer (Runtime.libwrapLock) serializes them.
  */
-import dns from "node:dns";
 import { cstr, libwrap } from "../sys/ffi.ts";
 import type { Logger } from "../sys/log.ts";
 import { getaddrinfo } from "../sys/resolve.ts";
@@ -55,6 +54,8 @@ function release(word: Int32Array): void {
  * the address has no name).
  */
 async function clientName(address: string): Promise<string> {
+  // Loaded when first needed: node:dns costs every start ~50 ms and 6 MiB.
+  const { default: dns } = await import("node:dns");
   const name = await new Promise<string | undefined>((resolve) => {
     try {
       dns.lookupService(address, 0, (err, host) => resolve(err ? undefined : host));

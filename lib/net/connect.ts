@@ -12,7 +12,7 @@ import type { Log } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { getaddrinfo } from "../sys/resolve.ts";
 import type { Conn } from "./conn.ts";
-import { connectOwn, type OwnSocket } from "./netconn.ts";
+import type { OwnSocket } from "./netconn.ts";
 
 export interface ConnectSetup {
   /** TIMEOUTconnect, in seconds. */
@@ -35,7 +35,11 @@ export async function connect(
   log: Log,
 ): Promise<Conn | undefined> {
   const label = formatAddress(target);
-  if (setup.own) return await connectOwn(target, label, setup.own, setup.timeoutSeconds, log);
+  if (setup.own) {
+    // Loaded when first needed: its node:net costs every start ~50 ms and 6 MiB.
+    const { connectOwn } = await import("./netconn.ts");
+    return await connectOwn(target, label, setup.own, setup.timeoutSeconds, log);
+  }
   log(6, `s_connect: connecting ${label}`);
   try {
     const conn = target.kind === "unix"

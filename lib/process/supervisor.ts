@@ -7,6 +7,7 @@ import { Daemon, type Runtime, StartError } from "../proxy/daemon.ts";
 import { cstr, lib } from "../sys/ffi.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
 import { errnoText, osErrorText } from "../sys/oserror.ts";
+import { every } from "../sys/timer.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
 import type { ToWorker, WorkerReply } from "./messages.ts";
 
@@ -51,7 +52,7 @@ export class Supervisor {
   private readonly stopped: Promise<void>;
   private resolveStopped!: () => void;
   private readonly signalHandlers: [Deno.Signal, () => void][] = [];
-  private scaler: ReturnType<typeof setInterval> | undefined;
+  private stopScaler: (() => void) | undefined;
   private scaling = false;
   private demand = mainThreadDemand();
   private accepted = 0;
@@ -90,7 +91,7 @@ export class Supervisor {
       for (let i = 1; i < this.threads; i++) await this.startWorker();
       if (this.threads > 1) this.log(6, `Serving with ${this.threads} threads`);
     } else if (this.threads > 1) {
-      this.scaler = setInterval(() => void this.scaleUp(), SCALE_INTERVAL_MS);
+      this.stopScaler = every(SCALE_INTERVAL_MS, () => void this.scaleUp());
     }
     // The pid file path is inside the chroot jail, and written before privileges are dropped.
     this.enterChroot(this.config.global);
@@ -129,7 +130,7 @@ export class Supervisor {
     } finally {
       this.scaling = false;
     }
-    if (this.workers.length + 1 >= this.threads) clearInterval(this.scaler);
+    if (this.workers.length + 1 >= this.threads) this.stopScaler?.();
   }
 
   /** Resolves when a signal has stopped the process. */
@@ -278,7 +279,7 @@ export class Supervisor {
     if (this.stopping) return;
     this.stopping = true;
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
-    clearInterval(this.scaler);
+    this.stopScaler?.();
     // What is under way ends first; a reload still waiting then sees `stopping` and does nothing.
     await this.turn;
     await this.broadcast({ type: "stop" });

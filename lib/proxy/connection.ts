@@ -8,7 +8,7 @@ import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
-import { checkPeerOcsp } from "../tls/ocsp.ts";
+import { ocspChecksPeer } from "../tls/ocsp_scope.ts";
 import { attachSni } from "../tls/sni.ts";
 import { peerTmpKey } from "../tls/tmpkey.ts";
 import { type TlsConnection, TlsError } from "../tls/core.ts";
@@ -186,7 +186,7 @@ export class Connection {
       this.log,
     );
     // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
-    const negotiation = negotiationFor(opts);
+    const negotiation = await negotiationFor(opts);
     const local = new PlainStream(this.local);
     this.streams.push(local);
     await this.negotiate(negotiation, "early", { local });
@@ -268,7 +268,10 @@ export class Connection {
     const { log, service } = this;
     const engine = tls.tls;
     // OCSP cannot block inside the verify callback: it asks here, before any byte moves.
-    await checkPeerOcsp(engine, service.opts, log);
+    if (ocspChecksPeer(service.opts)) {
+      const { checkPeerOcsp } = await import("../tls/ocsp.ts");
+      await checkPeerOcsp(engine, service.opts, log);
+    }
     service.tls.handshakeDone(engine);
     if (log.level >= 6) {
       const side = service.opts.client ? "connected" : "accepted";

@@ -10,6 +10,7 @@ import { newLibwrapLock, useLibwrapLock } from "../access/libwrap.ts";
 import { newCapwinCredentials, useCapwinCredentials } from "../../protocols/capwin.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
+import { every } from "../sys/timer.ts";
 import { BindError, type Bound, newRoundRobin, Service } from "./service.ts";
 import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
 import type { Conn } from "../net/conn.ts";
@@ -54,14 +55,18 @@ export function newRuntime(reusePort: boolean): Runtime {
 }
 
 /** Builds every service of a configuration, or logs why not and frees what was built. */
-function createServices(config: Configuration, log: Logger, runtime: Runtime): Service[] {
+async function createServices(
+  config: Configuration,
+  log: Logger,
+  runtime: Runtime,
+): Promise<Service[]> {
   // Engines, FIPS and the PRNG are the process's: set up by the main thread before any service.
   if (runtime.worker) attachEngines(config.global);
   else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
-      services.push(Service.create(opts, log, runtime));
+      services.push(await Service.create(opts, log, runtime));
     } catch (e) {
       if (e instanceof TlsError) { for (const line of e.logLines()) log(3, line); }
       else log(3, (e as Error).message);
@@ -93,7 +98,7 @@ export class Daemon {
   private readonly owners = new Map<Deno.Listener, Service>();
   /** connect+exec sections whose program runs (or is restarted: `retry`). */
   private readonly programs = new Set<Service>();
-  private readonly timer: ReturnType<typeof setInterval>;
+  private readonly stopTimer: () => void;
   private stopping = false;
 
   constructor(
@@ -102,7 +107,7 @@ export class Daemon {
     private readonly runtime: Runtime,
   ) {
     this.log = this.uiLogger(sink, config);
-    this.timer = setInterval(() => this.checkTimeouts(), 1000);
+    this.stopTimer = every(1000, () => this.checkTimeouts());
     useLibwrapLock(runtime.libwrapLock);
     useCapwinCredentials(runtime.capwinCredentials);
   }
@@ -117,7 +122,7 @@ export class Daemon {
    * programs of connect+exec sections start later (startPrograms).
    */
   async start(): Promise<void> {
-    this.services = createServices(this.config, this.log, this.runtime);
+    this.services = await createServices(this.config, this.log, this.runtime);
     // Worker threads resolve quietly: the main thread has said it all once.
     const quiet = Object.assign(() => {}, { level: -1 });
     for (const s of this.services) await s.prepare(this.runtime.worker ? quiet : this.log);
@@ -269,7 +274,7 @@ export class Daemon {
     const log = this.log;
     let services: Service[];
     try {
-      services = createServices(next, log, this.runtime);
+      services = await createServices(next, log, this.runtime);
     } catch {
       return false;
     }
@@ -308,7 +313,7 @@ export class Daemon {
     this.log(5, reason);
     for (const s of this.services) this.unbind(s);
     for (const c of this.connections) c.abort();
-    clearInterval(this.timer);
+    this.stopTimer();
     for (const s of this.services) s.free();
     this.sink.close();
   }

@@ -9,6 +9,7 @@ import { newRuntime } from "./daemon.ts";
 import { setUpGlobalCrypto } from "../tls/engine.ts";
 import { lib } from "../sys/ffi.ts";
 import { early } from "../sys/log.ts";
+import { every } from "../sys/timer.ts";
 import { openStartupLog } from "./startup.ts";
 import { Service } from "./service.ts";
 import { decodeSockAddr } from "../sys/sockfd.ts";
@@ -99,7 +100,7 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   }
   let service: Service;
   try {
-    service = Service.create(opts, ui, runtime);
+    service = await Service.create(opts, ui, runtime);
   } catch (e) {
     if (e instanceof TlsError) { for (const line of e.logLines()) ui(3, line); }
     else ui(3, (e as Error).message);
@@ -113,11 +114,11 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   const log = sink.bind("0", opts.debugLevel);
   log(7, `Service [${opts.name}] started`);
   const connection = new Connection(service, new StdioConn(), log);
-  const timer = setInterval(() => connection.checkTimeout(Date.now()), 1000);
+  const stopTimer = every(1000, () => connection.checkTimeout(Date.now()));
   try {
     await connection.run();
   } finally {
-    clearInterval(timer);
+    stopTimer();
     service.free();
   }
   log(7, `Service [${opts.name}] finished (0 left)`);

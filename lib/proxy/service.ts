@@ -75,13 +75,14 @@ export class Service {
       this.sockets.remoteConfigured;
   }
 
-  static create(
+  static async create(
     opts: ServiceOptions,
     log: Logger,
     shared: { ticketKeys: Uint8Array; roundRobin: Int32Array },
-  ): Service {
+  ): Promise<Service> {
     log(6, `Initializing service [${opts.name}]`);
-    return new Service(opts, TlsContext.create(opts, log, shared.ticketKeys), shared.roundRobin);
+    const tls = await TlsContext.create(opts, log, shared.ticketKeys);
+    return new Service(opts, tls, shared.roundRobin);
   }
 
   /** Resolves connect targets now, unless delayed; a failure switches to the delayed resolver. */

@@ -28,7 +28,7 @@ import { configurePsk } from "./psk.ts";
 import { applyConfigCommands, configureDh, watchRenegotiation } from "./policy.ts";
 import { configureVerification } from "./verify.ts";
 import { installServernameCallback } from "./sni.ts";
-import { configureStapling } from "./ocsp.ts";
+import { ocspStaples } from "./ocsp_scope.ts";
 import { loadCertFromEngine, loadKeyFromEngine, serviceEngine } from "./engine.ts";
 
 /** One SSL_CTX, shared by all connections of a service. */
@@ -46,14 +46,18 @@ export class TlsContext implements ContextHandle {
   }
 
   /** `ticketKeys` (80 bytes) are shared by the contexts of all threads of a service. */
-  static create(opts: ContextOptions, log: TlsContextLog, ticketKeys?: Uint8Array): TlsContext {
+  static async create(
+    opts: ContextOptions,
+    log: TlsContextLog,
+    ticketKeys?: Uint8Array,
+  ): Promise<TlsContext> {
     const { ssl } = lib();
     const method = opts.client ? ssl.TLS_client_method() : ssl.TLS_server_method();
     const ctx = ssl.SSL_CTX_new(method);
     check(ctx !== null, "SSL_CTX_new");
     const context = new TlsContext(ctx, opts);
     try {
-      context.configure(log);
+      await context.configure(log);
       if (ticketKeys && !opts.client && opts.sessionResume) setTicketKeys(context, ticketKeys);
     } catch (e) {
       context.free();
@@ -62,7 +66,8 @@ export class TlsContext implements ContextHandle {
     return context;
   }
 
-  private configure(log: TlsContextLog): void {
+  /** The optional features' modules (sessiond, OCSP) are loaded only when configured. */
+  private async configure(log: TlsContextLog): Promise<void> {
     const { ssl } = lib();
     const { ctx, opts } = this;
     ssl.SSL_CTX_set_security_level(ctx, opts.securityLevel);
@@ -87,7 +92,7 @@ export class TlsContext implements ContextHandle {
       ),
       null,
     );
-    configureSessions(this, log);
+    await configureSessions(this, log);
     if (!opts.client && !opts.renegotiation) watchRenegotiation(this);
     configurePsk(this, log);
     // SNI virtual services: every server-mode context asks sni.ts, as stunnel's do.
@@ -96,7 +101,7 @@ export class TlsContext implements ContextHandle {
     else log(7, "No certificate or private key specified");
     // After the certificate, as in stunnel (its CA lines follow "Private key check succeeded").
     configureVerification(this, log);
-    configureStapling(this, log);
+    if (ocspStaples(opts)) (await import("./ocsp.ts")).configureStapling(this, log);
     configureDh(this, log);
     check(
       Number(ssl.SSL_CTX_ctrl_str(ctx, SSL_CTRL_SET_GROUPS_LIST, 0n, cstr(opts.curves))) === 1,

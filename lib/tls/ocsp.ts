@@ -46,6 +46,7 @@ import { OCSP_FLAGS } from "../sys/names.ts";
 import { nameText } from "./verify.ts";
 import { type ContextHandle, type TlsConnection, type TlsContextLog, TlsError } from "./core.ts";
 import type { Address, ServiceOptions } from "../config/types.ts";
+import type { OcspOptions } from "./ocsp_scope.ts";
 
 const X509_V_ERR_CERT_REVOKED = 23;
 const X509_V_ERR_APPLICATION_VERIFICATION = 50;
@@ -60,29 +61,8 @@ const SSL_CTRL_GET_CHAIN_CERTS = 115;
 const LEEWAY_SECONDS = 60n;
 const STAPLE_LEEWAY_SECONDS = 30;
 
-/** The options that decide how a service checks and staples. */
-export type OcspOptions = Pick<
-  ServiceOptions,
-  | "client"
-  | "OCSP"
-  | "OCSPaia"
-  | "OCSPflag"
-  | "OCSPnonce"
-  | "verifyChain"
-  | "verifyPeer"
-  | "verify"
-  | "TIMEOUTbusy"
-  | "TIMEOUTconnect"
->;
-
 /** What decides the fate of a refused peer, besides the checks. */
 export type PeerOcspOptions = OcspOptions & Pick<ServiceOptions, "redirect" | "protocol">;
-
-/** stunnel runs its OCSP checks from the verify callback: only with verification configured. */
-export function ocspChecksPeer(opts: OcspOptions): boolean {
-  const verifying = opts.verifyChain || opts.verifyPeer || (opts.verify ?? 0) >= 1;
-  return verifying && (opts.OCSP !== undefined || opts.OCSPaia);
-}
 
 export function ocspFlags(names: readonly string[]): bigint {
   let flags = 0;
@@ -571,8 +551,8 @@ function isSelfIssued(cert: Ptr): boolean {
 // The peer's certificates
 
 /**
- * After the handshake, before any byte is forwarded: the OCSP status of the peer's chain.
- * Resolves when the connection may go on; throws a TlsError (after stunnel's log lines) when
+ * After the handshake, before any byte is forwarded, for a service that ocspChecksPeer: the
+ * OCSP status of the peer's chain. Resolves when the connection may go on; throws a TlsError (after stunnel's log lines) when
  * OCSP refuses it. As stunnel's verify callback does, a server-mode service with `redirect`
  * (and no `protocol`) lets a refused client through unauthenticated instead: the connection's
  * verify result then says why, and the client goes to the redirect target.
@@ -582,7 +562,6 @@ export async function checkPeerOcsp(
   opts: PeerOcspOptions,
   log: Log,
 ): Promise<void> {
-  if (!ocspChecksPeer(opts)) return;
   const { ssl, crypto } = lib();
   let chain: Chain;
   if (!conn.sessionReused) {
@@ -860,13 +839,11 @@ function statusRequestCallback(): Deno.PointerValue {
 }
 
 /**
- * Server mode with OCSP configured: staples the status of the service's own certificate, from
- * the `OCSP` responder and then the certificate's AIA responders. A no-op otherwise, and when
- * the issuer of the certificate is unknown (neither in its file nor among the trusted CAs).
+ * For a service that ocspStaples: staples the status of the service's own certificate, from
+ * the `OCSP` responder and then the certificate's AIA responders. A no-op when the issuer of the certificate is unknown (neither in its file nor among the trusted CAs).
  */
 export function configureStapling(context: ContextHandle, log: TlsContextLog): void {
   const opts: OcspOptions = context.opts;
-  if (opts.client || (opts.OCSP === undefined && !opts.OCSPaia)) return;
   const { ssl, crypto } = lib();
   const { ctx } = context;
   const leaf = ssl.SSL_CTX_get0_certificate(ctx);

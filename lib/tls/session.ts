@@ -20,7 +20,6 @@
  * it was made from (a reload frees contexts while connections still use them). They find their
  * connection, and through it the context, by the SSL object.
  */
-import { createHash, type Hash, hkdfSync } from "node:crypto";
 import {
   drainErrors,
   lib,
@@ -43,9 +42,12 @@ import {
   encodeSession,
   type TlsContextLog,
 } from "./core.ts";
-import { configureSessiond } from "./sessiond.ts";
+import { hkdfSha256, sha256 } from "./digest.ts";
 
-export function configureSessions(context: ContextHandle, log: TlsContextLog): void {
+export async function configureSessions(
+  context: ContextHandle,
+  log: TlsContextLog,
+): Promise<void> {
   const { ssl } = lib();
   const { ctx, opts } = context;
   if (!opts.client) {
@@ -80,7 +82,10 @@ export function configureSessions(context: ContextHandle, log: TlsContextLog): v
   ssl.SSL_CTX_set_timeout(ctx, BigInt(opts.sessionCacheTimeout));
   if (!opts.sessionResume) return;
   // sessiond: the server's sessions also go to (and come from) the external cache.
-  if (!opts.client && opts.sessiond) configureSessiond(context, opts.sessiond, log);
+  // Loaded only then: its node:dgram costs every start ~50 ms and 6 MiB.
+  if (!opts.client && opts.sessiond) {
+    (await import("./sessiond.ts")).configureSessiond(context, opts.sessiond, log);
+  }
   if (opts.client) {
     ssl.SSL_CTX_sess_set_new_cb(ctx, callbacks().newSession.pointer);
     context.clientSessions.share(opts.name);
@@ -107,9 +112,11 @@ export function setTicketKeys(context: ContextHandle, keys: Uint8Array): void {
     ...new TextEncoder().encode("ticket keys\0"),
     ...settingsDigest(context),
   ]);
-  const copy = new Uint8Array(hkdfSync("sha256", keys, new Uint8Array(0), info, 80));
+  const derived = hkdfSha256(keys, info, 80);
   check(
-    Number(lib().ssl.SSL_CTX_ctrl_str(context.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, copy)) ===
+    Number(
+      lib().ssl.SSL_CTX_ctrl_str(context.ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80n, derived),
+    ) ===
       1,
     "SSL_CTX_set_tlsext_ticket_keys",
   );
@@ -179,49 +186,51 @@ function settingsDigest(context: ContextHandle): Uint8Array {
   let digest = digests.get(context);
   if (digest) return digest;
   const { opts } = context;
-  const hash = createHash("sha256");
   const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  hash.update(JSON.stringify(
+  const parts: Parts = [JSON.stringify(
     SETTINGS.map((name) => [name, opts[name] ?? null]),
     (_, value) => value instanceof Uint8Array ? hex(value) : value,
-  ));
-  hashFile(hash, "CAfile", opts.CAfile);
-  hashDirectory(hash, "CApath", opts.CApath);
-  hashFile(hash, "CRLfile", opts.CRLfile);
-  hashDirectory(hash, "CRLpath", opts.CRLpath);
-  digest = new Uint8Array(hash.digest());
+  )];
+  hashFile(parts, "CAfile", opts.CAfile);
+  hashDirectory(parts, "CApath", opts.CApath);
+  hashFile(parts, "CRLfile", opts.CRLfile);
+  hashDirectory(parts, "CRLpath", opts.CRLpath);
+  digest = sha256(...parts);
   digests.set(context, digest);
   return digest;
 }
 
+/** What goes into a digest, in order. */
+type Parts = (Uint8Array | string)[];
+
 /** A labelled part of a digest, its length first (no two sequences of parts hash alike). */
-function hashPart(hash: Hash, label: string, bytes: Uint8Array | string): void {
+function hashPart(parts: Parts, label: string, bytes: Uint8Array | string): void {
   const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
-  hash.update(`\0${label}\0${data.length}\0`).update(data);
+  parts.push(`\0${label}\0${data.length}\0`, data);
 }
 
-function hashFile(hash: Hash, label: string, path: string | undefined): void {
+function hashFile(parts: Parts, label: string, path: string | undefined): void {
   if (!path) return;
   try {
-    hashPart(hash, label, Deno.readFileSync(path));
+    hashPart(parts, label, Deno.readFileSync(path));
   } catch (e) {
     // OpenSSL reads it too and says why it cannot: the context is not made.
-    hashPart(hash, `${label} unreadable`, (e as Error).name);
+    hashPart(parts, `${label} unreadable`, (e as Error).name);
   }
 }
 
-function hashDirectory(hash: Hash, label: string, path: string | undefined): void {
+function hashDirectory(parts: Parts, label: string, path: string | undefined): void {
   if (!path) return;
   let names: string[];
   try {
     names = [...Deno.readDirSync(path)].filter((e) => !e.isDirectory).map((e) => e.name);
   } catch (e) {
-    hashPart(hash, `${label} unreadable`, (e as Error).name);
+    hashPart(parts, `${label} unreadable`, (e as Error).name);
     return;
   }
   for (const name of names.sort()) {
-    hashPart(hash, `${label} entry`, name);
-    hashFile(hash, `${label} file`, `${path}/${name}`);
+    hashPart(parts, `${label} entry`, name);
+    hashFile(parts, `${label} file`, `${path}/${name}`);
   }
 }
 
@@ -245,9 +254,7 @@ export function sessionIdContext(context: ContextHandle): Uint8Array<ArrayBuffer
   if (sid) return sid;
   const { opts } = context;
   sid = authenticatesClients(opts)
-    ? new Uint8Array(
-      createHash("sha256").update("session id context\0").update(settingsDigest(context)).digest(),
-    )
+    ? sha256("session id context\0", settingsDigest(context))
     : new Uint8Array(new TextEncoder().encode(opts.name || "stunnel").subarray(0, 32));
   sidContexts.set(context, sid);
   return sid;
@@ -352,7 +359,7 @@ function ticketSecrets(context: ContextHandle): TicketSecrets | undefined {
     const { client, ticketKeySecret: key, ticketMacSecret: mac } = context.opts;
     found = null;
     if (!client && key && mac) {
-      const digest = createHash("sha256").update(key).update(mac).digest();
+      const digest = sha256(key, mac);
       found = {
         key: new Uint8Array(key),
         mac: new Uint8Array(mac),

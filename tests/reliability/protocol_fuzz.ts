@@ -358,10 +358,10 @@ export async function protocolFuzz(seed: number, cases: number): Promise<FuzzSum
   const ldap = ldapServer(answer);
   const all = targets(ldap.addr.port);
   const env = memoryEnv({ "/certs/server.pem": "-----BEGIN CERTIFICATE-----" }, "/nonexistent");
-  const prepared = all.map((t) => {
+  const prepared = await Promise.all(all.map(async (t) => {
     const opts = parseConfigText(`[p]\n${t.section}`, "/fuzz.conf", env).services[0];
-    return { t, opts, negotiation: negotiationFor(opts)! };
-  });
+    return { t, opts, negotiation: (await negotiationFor(opts))! };
+  }));
   const root = new Rng(seed);
   try {
     // capwin's client mode sends the process's credentials: set them first, as capwinctrl
