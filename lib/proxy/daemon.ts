@@ -2,6 +2,7 @@
  * The services of one thread: their listeners, connections and reloads. The process-wide part
  * (signals, pid file, privileges, worker threads) is the Supervisor's.
  */
+import { lib } from "../sys/ffi.ts";
 import { formatAddress } from "../config/address.ts";
 import { Connection } from "./connection.ts";
 import { isExecConnect } from "../local/exec.ts";
@@ -92,6 +93,8 @@ export class Daemon {
   private log: Logger;
   private services: Service[] = [];
   private readonly connections = new Set<Connection>();
+  /** A reload freed contexts: give their memory back once no connection is open. */
+  private trimAfterReload = false;
   /** Connections accepted so far by this thread (the supervisor's measure of new load). */
   accepted = 0;
   /** Which service each listening socket accepts for. */
@@ -246,6 +249,12 @@ export class Daemon {
   private checkTimeouts(): void {
     const now = Date.now();
     for (const c of this.connections) c.checkTimeout(now);
+    // The old contexts of a reload are freed by the last connection that used them; malloc
+    // keeps what OpenSSL freed (certificates, stores, caches) unless told to give it back.
+    if (this.trimAfterReload && this.connections.size === 0) {
+      this.trimAfterReload = false;
+      lib().libc.malloc_trim(0n);
+    }
   }
 
   reopenLog(): void {
@@ -295,6 +304,7 @@ export class Daemon {
       return false;
     }
     for (const o of old) this.unbind(o);
+    this.trimAfterReload = true;
     this.listen(services);
     this.sink.switchTo(sink);
     this.log = this.uiLogger(this.sink, next);
