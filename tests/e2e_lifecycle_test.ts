@@ -206,6 +206,62 @@ e2e("-fd N reads the configuration from a descriptor (a pipe)", {}, async () => 
   await proxy.waitForOutput(/Reading configuration from descriptor 3/);
 });
 
+/** CPU time (clock ticks) of each thread of `pid` by its name; the main thread is "main". */
+function threadTicks(pid: number): Map<string, number> {
+  const ticks = new Map<string, number>();
+  for (const { name: tid } of Deno.readDirSync(`/proc/${pid}/task`)) {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+    // After "pid (comm) ": state, ... utime and stime are fields 14 and 15 of stat.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const name = tid === String(pid)
+      ? "main"
+      : Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).trim();
+    ticks.set(name, (ticks.get(name) ?? 0) + Number(fields[11]) + Number(fields[12]));
+  }
+  return ticks;
+}
+
+e2e("with two threads, both serve new handshakes", {
+  extra: "stunnel runs one thread per connection, not a pool of listening threads",
+  timeoutMs: 40_000,
+}, async () => {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [port] = freePorts(1);
+  const conf = `foreground = yes\nsyslog = no\ndebug = info\npid =\n${await serverCertLines()}` +
+    `[load]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${echo.port}\n`;
+  const threads = Deno.env.get("STUNNEL_THREADS");
+  Deno.env.set("STUNNEL_THREADS", "2");
+  try {
+    const proxy = await startProxy(conf);
+    await proxy.waitForLog(/Serving with 2 threads/);
+    const before = threadTicks(proxy.pid);
+    // Full handshakes from four clients: the kernel spreads the new connections over the two
+    // threads' listening sockets, and a handshake costs its thread far more than the rest.
+    await Promise.all([1, 2, 3, 4].map(() =>
+      runCommand([
+        "openssl",
+        "s_time",
+        "-connect",
+        `127.0.0.1:${port}`,
+        "-new",
+        "-CAfile",
+        pki.ca,
+        "-time",
+        "4",
+      ], 15_000)
+    ));
+    const after = threadTicks(proxy.pid);
+    const used = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+    const [main, worker] = [used("main"), used("worker-1")];
+    const share = `main thread ${main} ticks, worker thread ${worker} ticks`;
+    assert(main > 0.25 * (main + worker) && worker > 0.25 * (main + worker), share);
+  } finally {
+    if (threads === undefined) Deno.env.delete("STUNNEL_THREADS");
+    else Deno.env.set("STUNNEL_THREADS", threads);
+  }
+});
+
 e2e("by default a second thread starts only when the first one is saturated", {
   extra: "stunnel runs one thread per connection, not a pool that grows",
   timeoutMs: 30_000,

@@ -115,7 +115,8 @@ export class Connection {
       const peer = this.local.remoteAddr;
       const from = peer === NOT_A_SOCKET ? "" : ` from ${formatPeer(peer)}`;
       log(5, `Service [${service.name}] accepted connection${from}`);
-      await this.establish();
+      const { tls, plain } = await this.establish();
+      await this.transfer(tls, plain);
     } catch (e) {
       // Refused by a check: `reset = yes` resets the client too.
       if (!this.sockets.includes(this.local)) this.sockets.push(this.local);
@@ -174,7 +175,11 @@ export class Connection {
     }
   }
 
-  private async establish(): Promise<void> {
+  /**
+   * Everything up to the transfer: the streams it moves data between (returned rather than
+   * transferred here, so that an idle connection does not keep this frame suspended).
+   */
+  private async establish(): Promise<{ tls: TlsStream; plain: PlainStream }> {
     const { service } = this;
     const opts = service.opts;
     this.sockets.push(this.local);
@@ -200,7 +205,7 @@ export class Connection {
       this.streams.push(tls);
       await this.handshake(tls);
       await this.negotiate(negotiation, "late", { local, tls });
-      await this.transfer(tls, local);
+      return { tls, plain: local };
     } else {
       let remote: PlainStream | undefined;
       if (negotiation?.connectBeforeTls) {
@@ -217,7 +222,7 @@ export class Connection {
         remote = await this.openRemote(tls.tls);
       }
       await this.negotiate(negotiation, "late", { tls, remote });
-      await this.transfer(tls, remote);
+      return { tls, plain: remote };
     }
   }
 
@@ -364,7 +369,9 @@ export class Connection {
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
-    await Promise.all([tlsToSocket, socketToTls]);
+    // Neither rejects (`fail` takes the failure).
+    await tlsToSocket;
+    await socketToTls;
     if (failure !== undefined) throw failure;
   }
 

@@ -16,7 +16,9 @@ export interface Stream {
   close(): void;
 }
 
-const MIN_READ = 4096;
+/** The first read of a socket (a ClientHello, a request, a greeting fits). */
+const FIRST_READ = 4096;
+const MIN_READ = 1024;
 const MAX_READ = 65536;
 /** The engine's output for one 64 KiB write: four full records and their overhead. */
 const CHUNK = MAX_READ + 4 * 256;
@@ -44,17 +46,21 @@ const DONE: Promise<void> = Promise.resolve();
 /**
  * A socket's read buffer starts small, so that idle connections pin little memory, and grows
  * while reads come back full (a busy stream) up to 64 KiB, which costs far less CPU per byte
- * than 16 KiB. It is reused: a chunk is only valid until the next read.
+ * than 16 KiB. A read that fills a sixteenth of it or less (a request, the end of a burst)
+ * shrinks it a step: an idle connection waits with the size its traffic needs (a pending read
+ * holds its buffer). It is reused: a chunk is only valid until the next read.
  */
 class ReadBuffer {
-  private buf = new Uint8Array(MIN_READ);
+  private buf = new Uint8Array(FIRST_READ);
 
   get(): Uint8Array<ArrayBuffer> {
     return this.buf;
   }
 
   filled(n: number): void {
-    if (n === this.buf.length && n < MAX_READ) this.buf = new Uint8Array(n * 4);
+    const size = this.buf.length;
+    if (n === size && size < MAX_READ) this.buf = new Uint8Array(size * 4);
+    else if (n <= size / 16 && size > MIN_READ) this.buf = new Uint8Array(size / 4);
   }
 }
 
@@ -71,17 +77,19 @@ export class PlainStream implements Stream {
     if (data.length > 0) this.pending = data;
   }
 
-  async read(): Promise<Uint8Array<ArrayBuffer> | null> {
+  /** Not async: an idle connection waits in as few suspended frames as can be (memory). */
+  read(): Promise<Uint8Array<ArrayBuffer> | null> {
     if (this.pending) {
       const data = this.pending;
       this.pending = null;
-      return data;
+      return Promise.resolve(data);
     }
     const buf = this.buffer.get();
-    const n = await this.conn.read(buf);
-    if (n === null) return null;
-    this.buffer.filled(n);
-    return buf.subarray(0, n);
+    return this.conn.read(buf).then((n) => {
+      if (n === null) return null;
+      this.buffer.filled(n);
+      return buf.subarray(0, n);
+    });
   }
 
   async write(data: Uint8Array<ArrayBuffer>): Promise<void> {
@@ -160,9 +168,10 @@ export class TlsStream implements Stream {
    * since the other may have ended, and it fails when the socket is closed.
    */
   private fill(): Promise<void> {
-    return this.filling ??= this.receive().finally(() => this.filling = null);
+    return this.filling ??= this.receive();
   }
 
+  /** Runs as `filling` (it always awaits before it ends, so the assignment comes first). */
   private async receive(): Promise<void> {
     let data: Uint8Array<ArrayBuffer> | null;
     try {
@@ -172,6 +181,8 @@ export class TlsStream implements Stream {
       // the peer's close_notify (openssl s_time, many browsers) loses nothing.
       if (!(this.sentCloseNotify && e instanceof Deno.errors.ConnectionReset)) throw e;
       data = null;
+    } finally {
+      this.filling = null;
     }
     if (data === null) {
       this.peerEnd ??= "eof";
