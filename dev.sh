@@ -144,13 +144,15 @@ cmd_soak() {
 cmd_test() {
   ensure_deno
   ensure_test_tools
-  local out rc=0 summary passed failed ignored
+  local out rc=0 summary failures passed failed ignored
   out="$(mktemp "${TMPDIR:-/tmp}/dev-test.XXXXXX")"
   # Outer bound in case the runner itself hangs; every test also has its own time limit.
   timeout --kill-after=15 "${DEV_TEST_TIMEOUT:-1200}" \
     "$DENO" test -A tests/ "$@" 2>&1 </dev/null | tee "$out" || rc=$? # pipefail: deno's status
   # Deno's summary: "ok | 12 passed | 0 failed (3s)", "FAILED | 10 passed | 2 failed | 1 ignored ..."
   summary="$(sed 's/\x1b\[[0-9;]*m//g' "$out" | grep -E '^(ok|FAILED) \| [0-9]+ passed' | tail -n 1)" || true
+  # The failed tests' names again, near the end, where a CI log's tail shows them.
+  failures="$(sed 's/\x1b\[[0-9;]*m//g' "$out" | sed -n '/^ FAILURES/,$p' | grep -E ' => ')" || true
   rm -f "$out"
   if [[ -z "$summary" ]]; then
     # No summary: the runner failed before or while running tests (type error, timeout, crash).
@@ -170,6 +172,7 @@ cmd_test() {
     if [[ -z "$soak_summary" ]]; then
       soak_summary="0 passed, 1 failed" # it did not get to its summary
     fi
+    if [[ -n "$failures" ]]; then printf 'deno test failures:\n%s\n' "$failures"; fi
     echo "deno test: ${passed} passed, ${failed} failed; quick soak: ${soak_summary}"
     passed=$((passed + $(grep -oE '^[0-9]+' <<<"$soak_summary")))
     failed=$((failed + $(grep -oE '[0-9]+ failed' <<<"$soak_summary" | grep -oE '^[0-9]+')))

@@ -2,9 +2,10 @@
  * End-to-end: costs that must not grow with the load, and a target the socks service must not
  * trust.
  *
- * - [extra] The CPU time of one failed connection (`reset = yes`) and of one connection with a local
- *   socket option of its own (`l:`) is the same with 600 other connections open as with none:
- *   the socket of a connection is not looked for among all of the process's descriptors.
+ * - [extra] The CPU time of one failed connection (`reset = yes`, in server mode and in client
+ *   mode, where the socket to reset is one the proxy connected) and of one connection with a
+ *   local socket option of its own (`l:`) is the same with 600 other connections open as with
+ *   none: the socket of a connection is not looked for among all of the process's descriptors.
  * - A sessiond cache that does not answer costs the clients that offer a session their
  *   resumption, and nobody else anything: with 20 ClientHellos a second offering unknown session
  *   ids, another client's handshake still takes well under a second.
@@ -18,7 +19,7 @@
 import dgram from "node:dgram";
 import { assert, assertEquals } from "./harness/assert.ts";
 import { closeQuietly, encode, readExactly, waitClosed, writeAll } from "./harness/bytes.ts";
-import { echoServer, freePorts, tcpConnect, tlsConnect } from "./harness/net.ts";
+import { echoServer, freePorts, tcpConnect, tcpServer, tlsConnect } from "./harness/net.ts";
 import { makePki, type Pki } from "./harness/pki.ts";
 import { e2e } from "./harness/process.ts";
 import { GLOBALS, startProxy } from "./harness/proxy.ts";
@@ -59,7 +60,13 @@ e2e("the cost of a failed connection does not grow with the connections open", {
   timeoutMs: 120_000,
 }, async () => {
   const pki = await makePki();
-  const [resetting, ownOptions, idle, backend] = freePorts(4);
+  const [resetting, ownOptions, clientMode, idle, backend] = freePorts(5);
+  // For the client-mode service: a server that answers the ClientHello with plain text.
+  const notTls = tcpServer(async (conn) => {
+    await conn.read(new Uint8Array(4096));
+    await writeAll(conn, encode("HTTP/1.0 400 Bad Request\r\n\r\n"));
+    await waitClosed(conn);
+  });
   const service = (name: string, port: number, extra: string) =>
     `[${name}]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${backend}\n` +
     certLines(pki) + extra;
@@ -74,15 +81,19 @@ e2e("the cost of a failed connection does not grow with the connections open", {
         ownOptions,
         "reset = no\nsocket = a:TCP_KEEPIDLE=300\nsocket = l:TCP_KEEPIDLE=77\n",
       ) +
-      service("idle", idle, ""),
+      service("idle", idle, "") +
+      `[client]\nclient = yes\naccept = 127.0.0.1:${clientMode}\n` +
+      `connect = 127.0.0.1:${notTls.port}\n`,
   );
   const count = 200;
   // Warm-up: the first connections of each thread compile the code paths.
   await costOfFailures(proxy.pid, resetting, 40);
   await costOfFailures(proxy.pid, ownOptions, 40);
+  await costOfFailures(proxy.pid, clientMode, 40);
   const alone = {
     reset: await costOfFailures(proxy.pid, resetting, count),
     options: await costOfFailures(proxy.pid, ownOptions, count),
+    client: await costOfFailures(proxy.pid, clientMode, count),
   };
   // 600 connections that stay open (waiting in the handshake), once the proxy has taken them in.
   const open = await Promise.all(Array.from({ length: 600 }, () => tcpConnect(idle)));
@@ -91,6 +102,7 @@ e2e("the cost of a failed connection does not grow with the connections open", {
   const crowded = {
     reset: await costOfFailures(proxy.pid, resetting, count),
     options: await costOfFailures(proxy.pid, ownOptions, count),
+    client: await costOfFailures(proxy.pid, clientMode, count),
   };
   for (const c of open) closeQuietly(c);
   const report = `CPU ticks for ${count} failed connections: alone ${JSON.stringify(alone)}, ` +
@@ -99,6 +111,7 @@ e2e("the cost of a failed connection does not grow with the connections open", {
   // Before the fix every one of them went through the 600 descriptors: about 5 times the cost.
   assert(crowded.reset < 2 * alone.reset + 10, report);
   assert(crowded.options < 2 * alone.options + 10, report);
+  assert(crowded.client < 2 * alone.client + 10, report);
 });
 
 // ------------------------------------------------------------------ sessiond that does not answer

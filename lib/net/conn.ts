@@ -19,6 +19,8 @@ export interface Conn {
   setNoDelay?(noDelay?: boolean): void;
   /** `reset = yes` on a socket of ours (netconn.ts): closes it with RST; false if it cannot. */
   resetNow?(): boolean;
+  /** A TCP socket Deno connected: where its descriptor most likely is (sockfd.ts). */
+  readonly fdHint?: number;
 }
 
 /**

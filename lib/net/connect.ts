@@ -11,6 +11,7 @@ import type { Address } from "../config/types.ts";
 import type { Log } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { getaddrinfo } from "../sys/resolve.ts";
+import { lowestFreeFd } from "../sys/sockfd.ts";
 import type { Conn } from "./conn.ts";
 import type { OwnSocket } from "./netconn.ts";
 
@@ -42,14 +43,19 @@ export async function connect(
   }
   log(6, `s_connect: connecting ${label}`);
   try {
-    const conn = target.kind === "unix"
-      ? await Deno.connect({ transport: "unix", path: target.path })
-      : await Deno.connect({
+    let conn: Conn;
+    if (target.kind === "unix") {
+      conn = await Deno.connect({ transport: "unix", path: target.path });
+    } else {
+      const fdHint = lowestFreeFd();
+      const tcp = await Deno.connect({
         transport: "tcp",
         hostname: target.host,
         port: target.port,
         signal: AbortSignal.timeout(setup.timeoutSeconds * 1000),
       });
+      conn = Object.assign(tcp, { fdHint });
+    }
     log(target.kind === "unix" ? 6 : 5, `s_connect: connected ${label}`);
     return conn;
   } catch (e) {
