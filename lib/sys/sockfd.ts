@@ -176,12 +176,12 @@ function acceptedFd(conn: object): number | undefined {
   return typeof fd === "number" ? fd : undefined;
 }
 
-const DEV_NULL = cstr("/dev/null");
-
 /** The descriptor the kernel gives the next socket, unless another thread takes it first. */
 export function lowestFreeFd(): number | undefined {
   const { libc } = lib();
-  const fd = libc.open(DEV_NULL, O_RDWR);
+  // A copy of stdin is the cheapest new descriptor; stdin may be closed, /dev/null is not.
+  let fd = libc.dup(0);
+  if (fd < 0) fd = libc.open(cstr("/dev/null"), O_RDWR);
   if (fd < 0) return undefined;
   libc.close(fd);
   return fd;
