@@ -581,6 +581,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "append|overwrite log file",
   }),
   define({
+    name: "logFormat",
+    scope: "global",
+    status: "supported",
+    ...either("text", "json"),
+    store: toGlobal("logFormat"),
+    default: "text",
+    help: "text|json log line format (extension)",
+    note: "Extension beyond stunnel 5.68. `json` writes each log line (file, stderr and " +
+      "syslog) as one JSON object: `time` (ISO 8601), `level`, `levelName`, `id` (stunnel's " +
+      "`[N]`), and for a connection `service`, `connection`, `peer`, and on its close " +
+      "`bytesToTls`, `bytesToSocket` and `durationMs`; then `message`. Lines before the " +
+      "configuration is read stay text.",
+  }),
+  define({
     name: "output",
     scope: "global",
     status: "supported",
@@ -1432,6 +1446,7 @@ export function defaultGlobalOptions(): GlobalOptions {
     fips: false,
     foreground: "no",
     log: "append",
+    logFormat: "text",
     pid: "",
     RNDbytes: 1024,
     RNDoverwrite: true,

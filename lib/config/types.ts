@@ -27,6 +27,8 @@ export interface GlobalOptions {
   fips: boolean;
   foreground: Foreground;
   log: "append" | "overwrite";
+  /** Extension: `json` writes one JSON object per log line. */
+  logFormat: "text" | "json";
   output?: string;
   /** "" means no pid file (stunnel's default). */
   pid: string;
