@@ -360,7 +360,7 @@ export class Supervisor {
 }
 
 /** A numeric id, or the id of a user/group name (getpwnam/getgrnam). */
-function lookupId(name: string, kind: "user" | "group"): number | undefined {
+export function lookupId(name: string, kind: "user" | "group"): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);
   const { libc } = lib();
   const entry = kind === "user" ? libc.getpwnam(cstr(name)) : libc.getgrnam(cstr(name));

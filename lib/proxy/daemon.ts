@@ -81,6 +81,28 @@ async function createServices(
   return services;
 }
 
+/**
+ * `-check`: builds every service as a start would (engines, TLS contexts with their
+ * certificates, keys, CAs and CRLs, connect targets resolved), then frees them; binds nothing.
+ * False once the reason is logged.
+ */
+export async function checkServices(
+  config: Configuration,
+  log: Logger,
+  runtime: Runtime,
+): Promise<boolean> {
+  let services: Service[];
+  try {
+    services = await createServices(config, log, runtime);
+  } catch (e) {
+    if (!(e instanceof StartError)) log(3, (e as Error).message);
+    return false;
+  }
+  for (const s of services) await s.prepare(log);
+  for (const s of services) s.free();
+  return true;
+}
+
 const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /** 22 random letters and digits (about 131 bits), the length of stunnel's unique ids. */
