@@ -7,6 +7,7 @@ import { cstr, lib, O_RDWR, opensslVersion } from "./lib/sys/ffi.ts";
 import { runInetd } from "./lib/proxy/inetd.ts";
 import { early, LogSink } from "./lib/sys/log.ts";
 import { checkConfiguration } from "./lib/process/check.ts";
+import { Notifier } from "./lib/sys/notify.ts";
 import { openStartupLog } from "./lib/proxy/startup.ts";
 import { Supervisor } from "./lib/process/supervisor.ts";
 import type { Configuration } from "./lib/config/types.ts";
@@ -113,6 +114,7 @@ async function runDaemon(
     newRuntime(threads > 1),
     threads,
     Deno.env.has(THREADS_ENV),
+    Notifier.fromEnvironment(),
   );
   try {
     await supervisor.start();

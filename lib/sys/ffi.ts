@@ -363,6 +363,8 @@ const libcSymbols = {
   close: { parameters: ["i32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // notify.ts: systemd's MONOTONIC_USEC (CLOCK_MONOTONIC, which performance.now() is not)
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   // daemon.ts: the memory of the contexts a reload freed goes back to the system
   malloc_trim: { parameters: ["usize"], result: "i32" },
   // psk.ts, session.ts: writes into buffers OpenSSL hands to a callback
