@@ -1091,6 +1091,24 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "username for protocol negotiations",
   }),
   define({
+    name: "proxyVersion",
+    scope: "service",
+    status: "supported",
+    parse: (raw: string) => {
+      if (raw !== "1" && raw !== "2") throw "The argument needs to be either '1' or '2'";
+      return Number(raw) as 1 | 2;
+    },
+    syntax: "1 | 2",
+    store: toService("proxyVersion"),
+    default: "1",
+    help: "1|2 PROXY protocol version of protocol = proxy (extension)",
+    note: "Extension beyond stunnel 5.68; needs `protocol = proxy`. `2` sends the binary " +
+      "header of HAProxy's PROXY protocol v2 (TCP4/TCP6, UNSPEC for a Unix socket) with the " +
+      "TLVs PP2_TYPE_AUTHORITY (the SNI name), PP2_TYPE_ALPN (the negotiated protocol) and " +
+      "PP2_TYPE_SSL (client flags SSL, CERT_CONN, CERT_SESS, the verify result, and the " +
+      "sub-TLVs SSL_VERSION, SSL_CIPHER and, with a client certificate, SSL_CN).",
+  }),
+  define({
     name: "PSKidentity",
     scope: "service",
     status: "supported",

@@ -89,6 +89,8 @@ export interface ServiceOptions {
   /** Extra header lines of a CONNECT request, in order. */
   protocolHeader: string[];
   protocolHost?: string;
+  /** Extension: the PROXY protocol version `protocol = proxy` sends (undefined: 1). */
+  proxyVersion?: 1 | 2;
   protocolPassword?: string;
   protocolUsername?: string;
   PSKidentity?: string;

@@ -255,6 +255,7 @@ export class Connection {
       remote: channel(streams.remote),
       tls: channel(streams.tls),
       localConn: this.local,
+      tlsConnection: this.tlsStream?.tls,
       setTargets: (targets) => this.targets = targets,
     };
     try {
