@@ -83,7 +83,7 @@ Deno.test("table: every option of the manual, plus CAengine, exactly once", () =
   const names = OPTIONS.map((o) => o.name);
   assert.equal(new Set(names).size, names.length);
   // Extensions beyond stunnel (README, "Operations beyond stunnel").
-  const extensions = ["logFormat", "proxyVersion"];
+  const extensions = ["alpn", "logFormat", "proxyVersion"];
   assert.deepEqual([...names].sort(), [...manual, "CAengine", ...extensions].sort());
 });
 
@@ -521,7 +521,7 @@ Deno.test("reference: -help layout is stunnel's", () => {
   ]);
   assert.equal(lines.at(-1), "verifyPeer             = yes|no verify peer certificate");
   assert.ok(!lines.some((line) => /^(fips|taskbar|icon)/.test(line)));
-  assert.equal(lines.length, 2 + 15 + 2 + 74 + 3);
+  assert.equal(lines.length, 2 + 15 + 2 + 75 + 3);
 });
 
 Deno.test("reference: -version defaults, -options and -sockets", () => {

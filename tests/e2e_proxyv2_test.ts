@@ -97,14 +97,15 @@ function service(accept: string, connect: number, pki: Awaited<ReturnType<typeof
     `CAfile = ${pki.ca}\nverifyChain = yes\n`;
 }
 
-e2e("proxyVersion = 2: the header and its TLS TLVs, byte by byte (IPv4)", {
+e2e("proxyVersion = 2: the header and its TLS TLVs (ALPN too), byte by byte (IPv4)", {
   extra: EXTRA,
 }, async () => {
   const pki = await makePki();
   const backend = headerBackend();
   const [port] = freePorts(1);
-  await startProxy(GLOBALS + service(`127.0.0.1:${port}`, backend.port, pki));
+  await startProxy(GLOBALS + service(`127.0.0.1:${port}`, backend.port, pki) + "alpn = h2\n");
   const tls = await tlsConnect(port, pki.caPem, {
+    alpnProtocols: ["h2"],
     cert: await Deno.readTextFile(pki.client.cert),
     key: await Deno.readTextFile(pki.client.key),
   });
@@ -115,6 +116,7 @@ e2e("proxyVersion = 2: the header and its TLS TLVs, byte by byte (IPv4)", {
   assertEquals([header.src, header.srcPort], [local.hostname, local.port]);
   assertEquals([header.dst, header.dstPort], ["127.0.0.1", port]);
   assertEquals(decode(header.tlvs.get(0x02)!), "localhost", "PP2_TYPE_AUTHORITY");
+  assertEquals(decode(header.tlvs.get(0x01)!), "h2", "PP2_TYPE_ALPN");
   const ssl = header.tlvs.get(0x20)!;
   assert(ssl, "PP2_TYPE_SSL");
   assertEquals(ssl[0], 0x01 | 0x02 | 0x04, "client: SSL, CERT_CONN, CERT_SESS");

@@ -680,6 +680,25 @@ export const OPTIONS: readonly OptionSpec[] = [
       "out; a service without any bound address fails to start.",
   }),
   define({
+    name: "alpn",
+    scope: "service",
+    status: "supported",
+    syntax: "PROTOCOL[,PROTOCOL...]",
+    parse(raw: string): string[] {
+      const list = raw.split(",").map((p) => p.trim());
+      const bad = list.some((p) => p === "" || new TextEncoder().encode(p).length > 255);
+      if (bad) throw "Illegal ALPN protocol list (names of 1 to 255 bytes, comma-separated)";
+      return list;
+    },
+    store: toService("alpn"),
+    default: "(none)",
+    help: "comma-separated ALPN protocols, e.g. h2,http/1.1 (extension)",
+    note: "Extension beyond stunnel 5.68. Server mode: the first protocol of this list that " +
+      "the client offers is selected; with none in common the handshake goes on without ALPN " +
+      "(as HAProxy does). Client mode: the list is offered to the server. The selected " +
+      "protocol is logged at LOG6 (`ALPN: selected protocol: NAME`).",
+  }),
+  define({
     name: "CAengine",
     scope: "service",
     status: "supported",

@@ -48,6 +48,8 @@ export interface ServiceOptions {
   name: string;
   /** Every `accept` line: the service listens on each address that can be bound. */
   accept: Address[];
+  /** Extension: the ALPN protocols, in order of preference. */
+  alpn?: string[];
   /** Engine-specific CA certificate identifiers (`CAengine`, one per line), in order. */
   CAengine: string[];
   CAfile?: string;

@@ -296,6 +296,10 @@ export class Connection {
       log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
       const key = peerTmpKey(engine);
       log(6, key ? `Peer temporary key: ${key}` : "No peer temporary key received");
+      if (service.opts.alpn) {
+        const alpn = engine.alpn;
+        log(6, alpn ? `ALPN: selected protocol: ${alpn}` : "ALPN: no protocol selected");
+      }
     }
     // `redirect`: a client that failed authentication (or sent no certificate) got through the
     // handshake only to be sent to the redirect target; a resumed session keeps its verdict.

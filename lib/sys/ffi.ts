@@ -69,7 +69,7 @@ const sslSymbols = {
   SSL_get_servername: { parameters: ["pointer", "i32"], result: "pointer" },
   // ALPN (extension `alpn`; context.ts, core.ts)
   SSL_get0_alpn_selected: { parameters: ["pointer", "buffer", "buffer"], result: "void" },
-  SSL_set_alpn_protos: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  SSL_CTX_set_alpn_protos: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   SSL_CTX_set_alpn_select_cb: { parameters: ["pointer", "function", "pointer"], result: "void" },
   SSL_set_SSL_CTX: { parameters: ["pointer", "pointer"], result: "pointer" },
   SSL_set_verify: { parameters: ["pointer", "i32", "pointer"], result: "void" },

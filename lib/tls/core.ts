@@ -95,6 +95,7 @@ export type ContextOptions = Pick<
   | "engine"
   | "sessiond"
   | "CAengine"
+  | "alpn"
 >;
 
 /**
