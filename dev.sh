@@ -65,6 +65,7 @@ TEST_TOOLS=(
   "/usr/include/syslog.h libc6-dev"
   "prlimit util-linux"
   "testssl testssl.sh"
+  "/usr/sbin/haproxy haproxy"
 )
 
 ensure_test_tools() {

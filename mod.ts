@@ -5,7 +5,9 @@ import { ConfigError, loadConfig, parseConfigText } from "./lib/config/parser.ts
 import { newRuntime, StartError } from "./lib/proxy/daemon.ts";
 import { cstr, lib, O_RDWR, opensslVersion } from "./lib/sys/ffi.ts";
 import { runInetd } from "./lib/proxy/inetd.ts";
-import { early } from "./lib/sys/log.ts";
+import { early, LogSink } from "./lib/sys/log.ts";
+import { checkConfiguration } from "./lib/process/check.ts";
+import { Notifier } from "./lib/sys/notify.ts";
 import { openStartupLog } from "./lib/proxy/startup.ts";
 import { Supervisor } from "./lib/process/supervisor.ts";
 import type { Configuration } from "./lib/config/types.ts";
@@ -59,6 +61,28 @@ export async function run(source: ConfigSource): Promise<number> {
   return await runDaemon(config, source, detached);
 }
 
+/**
+ * `-check` (extension): parses and loads everything a start would, to stderr only, and says
+ * `Configuration successful` (0) or why not (1); binds, forks and writes nothing.
+ */
+export async function check(source: ConfigSource): Promise<number> {
+  const config = await loadOrReport(source);
+  if (!config) return 1;
+  const global = { ...config.global, output: undefined, syslog: false };
+  const sink = new LogSink(global, Math.max(global.debugLevel, 5));
+  const log = sink.bind("ui", global.debugLevel);
+  try {
+    if (!await checkConfiguration(config, log)) {
+      log(3, "Configuration failed");
+      return 1;
+    }
+    log(5, "Configuration successful");
+    return 0;
+  } finally {
+    sink.close();
+  }
+}
+
 /** The configuration, or undefined after logging why it cannot be read. */
 async function loadOrReport(source: ConfigSource): Promise<Configuration | undefined> {
   try {
@@ -90,6 +114,7 @@ async function runDaemon(
     newRuntime(threads > 1),
     threads,
     Deno.env.has(THREADS_ENV),
+    Notifier.fromEnvironment(),
   );
   try {
     await supervisor.start();

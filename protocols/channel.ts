@@ -2,6 +2,7 @@
 import type { Logger } from "../lib/sys/log.ts";
 import { withTimeout } from "../lib/sys/timeout.ts";
 import type { Conn } from "../lib/net/conn.ts";
+import type { TlsConnection } from "../lib/tls/core.ts";
 import type { Address, ServiceOptions } from "../lib/config/types.ts";
 import type { ProtocolName } from "../lib/config/protocols.ts";
 
@@ -153,6 +154,8 @@ export interface NegotiationContext {
   tls?: Channel;
   /** The accepted socket, for its addresses. */
   localConn: Conn;
+  /** The TLS session once the handshake is done (`proxyVersion = 2` reports on it). */
+  tlsConnection?: TlsConnection;
   /** Connect to these addresses instead of `connect` (socks). */
   setTargets(targets: Address[]): void;
 }

@@ -82,7 +82,9 @@ Deno.test("table: every option of the manual, plus CAengine, exactly once", () =
   assert.equal(new Set(manual).size, 91);
   const names = OPTIONS.map((o) => o.name);
   assert.equal(new Set(names).size, names.length);
-  assert.deepEqual([...names].sort(), [...manual, "CAengine"].sort());
+  // Extensions beyond stunnel (README, "Operations beyond stunnel").
+  const extensions = ["alpn", "logFormat", "proxyVersion"];
+  assert.deepEqual([...names].sort(), [...manual, "CAengine", ...extensions].sort());
 });
 
 Deno.test("table: names are matched case-insensitively, with stunnel's aliases", () => {
@@ -519,7 +521,7 @@ Deno.test("reference: -help layout is stunnel's", () => {
   ]);
   assert.equal(lines.at(-1), "verifyPeer             = yes|no verify peer certificate");
   assert.ok(!lines.some((line) => /^(fips|taskbar|icon)/.test(line)));
-  assert.equal(lines.length, 2 + 14 + 2 + 73 + 3);
+  assert.equal(lines.length, 2 + 15 + 2 + 75 + 3);
 });
 
 Deno.test("reference: -version defaults, -options and -sockets", () => {

@@ -581,6 +581,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "append|overwrite log file",
   }),
   define({
+    name: "logFormat",
+    scope: "global",
+    status: "supported",
+    ...either("text", "json"),
+    store: toGlobal("logFormat"),
+    default: "text",
+    help: "text|json log line format (extension)",
+    note: "Extension beyond stunnel 5.68. `json` writes each log line (file, stderr and " +
+      "syslog) as one JSON object: `time` (ISO 8601), `level`, `levelName`, `id` (stunnel's " +
+      "`[N]`), and for a connection `service`, `connection`, `peer`, and on its close " +
+      "`bytesToTls`, `bytesToSocket` and `durationMs`; then `message`. Lines before the " +
+      "configuration is read stay text.",
+  }),
+  define({
     name: "output",
     scope: "global",
     status: "supported",
@@ -664,6 +678,25 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "[host:]port accept connections on specified host:port",
     note: "Each line adds an address, as in stunnel: one that cannot be bound is logged and left " +
       "out; a service without any bound address fails to start.",
+  }),
+  define({
+    name: "alpn",
+    scope: "service",
+    status: "supported",
+    syntax: "PROTOCOL[,PROTOCOL...]",
+    parse(raw: string): string[] {
+      const list = raw.split(",").map((p) => p.trim());
+      const bad = list.some((p) => p === "" || new TextEncoder().encode(p).length > 255);
+      if (bad) throw "Illegal ALPN protocol list (names of 1 to 255 bytes, comma-separated)";
+      return list;
+    },
+    store: toService("alpn"),
+    default: "(none)",
+    help: "comma-separated ALPN protocols, e.g. h2,http/1.1 (extension)",
+    note: "Extension beyond stunnel 5.68. Server mode: the first protocol of this list that " +
+      "the client offers is selected; with none in common the handshake goes on without ALPN " +
+      "(as HAProxy does). Client mode: the list is offered to the server. The selected " +
+      "protocol is logged at LOG6 (`ALPN: selected protocol: NAME`).",
   }),
   define({
     name: "CAengine",
@@ -1077,6 +1110,24 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "username for protocol negotiations",
   }),
   define({
+    name: "proxyVersion",
+    scope: "service",
+    status: "supported",
+    parse: (raw: string) => {
+      if (raw !== "1" && raw !== "2") throw "The argument needs to be either '1' or '2'";
+      return Number(raw) as 1 | 2;
+    },
+    syntax: "1 | 2",
+    store: toService("proxyVersion"),
+    default: "1",
+    help: "1|2 PROXY protocol version of protocol = proxy (extension)",
+    note: "Extension beyond stunnel 5.68; needs `protocol = proxy`. `2` sends the binary " +
+      "header of HAProxy's PROXY protocol v2 (TCP4/TCP6, UNSPEC for a Unix socket) with the " +
+      "TLVs PP2_TYPE_AUTHORITY (the SNI name), PP2_TYPE_ALPN (the negotiated protocol) and " +
+      "PP2_TYPE_SSL (client flags SSL, CERT_CONN, CERT_SESS, the verify result, and the " +
+      "sub-TLVs SSL_VERSION, SSL_CIPHER and, with a client certificate, SSL_CN).",
+  }),
+  define({
     name: "PSKidentity",
     scope: "service",
     status: "supported",
@@ -1432,6 +1483,7 @@ export function defaultGlobalOptions(): GlobalOptions {
     fips: false,
     foreground: "no",
     log: "append",
+    logFormat: "text",
     pid: "",
     RNDbytes: 1024,
     RNDoverwrite: true,

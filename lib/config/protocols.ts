@@ -125,6 +125,10 @@ export function checkProtocol(opts: ServiceOptions): ProtocolConfigError | undef
   const set = PROTOCOL_OPTIONS.filter((o) =>
     o === "protocolHeader" ? opts.protocolHeader.length > 0 : opts[o] !== undefined
   );
+  if (opts.proxyVersion !== undefined && opts.protocol?.toLowerCase() !== "proxy") {
+    const where = opts.where.proxyVersion;
+    return { message: `${at(where)}option 'proxyVersion' needs 'protocol = proxy'`, where };
+  }
   if (!opts.protocol) {
     if (set.length === 0) return undefined;
     const where = opts.where[set[0]];

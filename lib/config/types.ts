@@ -27,6 +27,8 @@ export interface GlobalOptions {
   fips: boolean;
   foreground: Foreground;
   log: "append" | "overwrite";
+  /** Extension: `json` writes one JSON object per log line. */
+  logFormat: "text" | "json";
   output?: string;
   /** "" means no pid file (stunnel's default). */
   pid: string;
@@ -46,6 +48,8 @@ export interface ServiceOptions {
   name: string;
   /** Every `accept` line: the service listens on each address that can be bound. */
   accept: Address[];
+  /** Extension: the ALPN protocols, in order of preference. */
+  alpn?: string[];
   /** Engine-specific CA certificate identifiers (`CAengine`, one per line), in order. */
   CAengine: string[];
   CAfile?: string;
@@ -87,6 +91,8 @@ export interface ServiceOptions {
   /** Extra header lines of a CONNECT request, in order. */
   protocolHeader: string[];
   protocolHost?: string;
+  /** Extension: the PROXY protocol version `protocol = proxy` sends (undefined: 1). */
+  proxyVersion?: 1 | 2;
   protocolPassword?: string;
   protocolUsername?: string;
   PSKidentity?: string;

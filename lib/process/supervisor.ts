@@ -8,6 +8,7 @@ import { cstr, lib } from "../sys/ffi.ts";
 import { type Logger, LogSink } from "../sys/log.ts";
 import { errnoText, osErrorText } from "../sys/oserror.ts";
 import { every } from "../sys/timer.ts";
+import { monotonicUsec, type Notifier } from "../sys/notify.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
 import type { ToWorker, WorkerReply } from "./messages.ts";
 
@@ -71,6 +72,8 @@ export class Supervisor {
     /** The most threads to serve with; all at start when `eager`, else added under load. */
     private readonly threads: number,
     private readonly eager = false,
+    /** systemd's NOTIFY_SOCKET (Type=notify): told of readiness, reloads and the stop. */
+    private readonly notifier?: Notifier,
   ) {
     this.log = sink.bind("ui", config.global.debugLevel);
     this.daemon = new Daemon(config, sink, runtime);
@@ -101,6 +104,13 @@ export class Supervisor {
     this.daemon.startPrograms();
     this.log(6, "Accepting new connections");
     this.markStarted();
+    this.notifier?.send("READY=1", `MAINPID=${Deno.pid}`, `STATUS=${this.status()}`);
+  }
+
+  /** The STATUS= line of sd_notify: what is being served. */
+  private status(): string {
+    const n = this.config.services.length;
+    return `Accepting connections (${n} service${n === 1 ? "" : "s"})`;
   }
 
   /**
@@ -233,8 +243,20 @@ export class Supervisor {
     });
   }
 
-  /** The new configuration replaces the old one, in every thread, only if all of it works. */
+  /** A reload as systemd (>= 253, Type=notify-reload too) wants to hear of it. */
   private async reloadNow(): Promise<void> {
+    const notifier = this.notifier;
+    notifier?.send("RELOADING=1", `MONOTONIC_USEC=${monotonicUsec()}`, "STATUS=Reloading");
+    const applied = await this.reloadConfiguration();
+    const outcome = applied ? "" : "; reload failed, the previous configuration is kept";
+    notifier?.send("READY=1", `STATUS=${this.status()}${outcome}`);
+  }
+
+  /**
+   * The new configuration replaces the old one, in every thread, only if all of it works;
+   * returns whether it did.
+   */
+  private async reloadConfiguration(): Promise<boolean> {
     this.log(5, `Reading configuration from ${describeSource(this.config.source)}`);
     const keep = () => {
       this.log(3, "Configuration failed");
@@ -247,7 +269,7 @@ export class Supervisor {
       const lines = (e as { lines?: readonly string[] }).lines ?? [(e as Error).message];
       for (const line of lines) this.log(3, line);
       keep();
-      return;
+      return false;
     }
     // Options that are not reloaded, as in stunnel.
     const global = { ...next.global };
@@ -261,23 +283,25 @@ export class Supervisor {
     } catch (e) {
       this.log(3, `Cannot open log file ${global.output}: ${osErrorText(e)}`);
       keep();
-      return;
+      return false;
     }
     if (!await this.daemon.apply(next, sink)) {
       sink.close();
       keep();
-      return;
+      return false;
     }
     this.log = this.sink.bind("ui", global.debugLevel);
     this.config = next;
     if (!await this.broadcast({ type: "reload", config: next })) {
       this.log(3, "A worker thread kept its old configuration; see its messages above");
     }
+    return true;
   }
 
   async stop(reason: string): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.notifier?.send("STOPPING=1", "STATUS=Stopping");
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
     this.stopScaler?.();
     // What is under way ends first; a reload still waiting then sees `stopping` and does nothing.
@@ -360,7 +384,7 @@ export class Supervisor {
 }
 
 /** A numeric id, or the id of a user/group name (getpwnam/getgrnam). */
-function lookupId(name: string, kind: "user" | "group"): number | undefined {
+export function lookupId(name: string, kind: "user" | "group"): number | undefined {
   if (/^\d+$/.test(name)) return Number(name);
   const { libc } = lib();
   const entry = kind === "user" ? libc.getpwnam(cstr(name)) : libc.getgrnam(cstr(name));

@@ -40,6 +40,8 @@ interface TimedOut {
 }
 
 export class Connection {
+  /** ms since epoch of the accept, for the duration in JSON log lines. */
+  private readonly started = Date.now();
   /** ms since epoch of the last byte moved in either direction, or of the start of a busy wait. */
   lastActivity = Date.now();
   /** Both read sides still open (else, once nothing is buffered, the close timeout applies). */
@@ -77,6 +79,7 @@ export class Connection {
   /** SNI chose a secondary service: its connect, checks, timeouts and name apply from now on. */
   switchService(to: Service): void {
     this.service = to;
+    if (this.log.context) this.log.context.service = to.name;
   }
 
   get bytesToTls(): number {
@@ -125,7 +128,11 @@ export class Connection {
       for (const s of this.streams) s.close();
       if (this.streams.length === 0) closeQuietly(this.local);
       const counts = `${this.toTls} byte(s) sent to TLS, ${this.toSocket} byte(s) sent to socket`;
-      log(5, `Connection ${reset ? "reset" : "closed"}: ${counts}`);
+      log(5, `Connection ${reset ? "reset" : "closed"}: ${counts}`, {
+        bytesToTls: this.toTls,
+        bytesToSocket: this.toSocket,
+        durationMs: Date.now() - this.started,
+      });
       this.detachSni?.();
       this.tlsStream?.tls.free();
     }
@@ -248,6 +255,7 @@ export class Connection {
       remote: channel(streams.remote),
       tls: channel(streams.tls),
       localConn: this.local,
+      tlsConnection: this.tlsStream?.tls,
       setTargets: (targets) => this.targets = targets,
     };
     try {
@@ -288,6 +296,10 @@ export class Connection {
       log(6, `${version} ciphersuite: ${name} (${bits}-bit encryption)`);
       const key = peerTmpKey(engine);
       log(6, key ? `Peer temporary key: ${key}` : "No peer temporary key received");
+      if (service.opts.alpn) {
+        const alpn = engine.alpn;
+        log(6, alpn ? `ALPN: selected protocol: ${alpn}` : "ALPN: no protocol selected");
+      }
     }
     // `redirect`: a client that failed authentication (or sent no certificate) got through the
     // handshake only to be sent to the redirect target; a resumed session keeps its verdict.

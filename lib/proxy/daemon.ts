@@ -4,12 +4,12 @@
  */
 import { lib } from "../sys/ffi.ts";
 import { formatAddress } from "../config/address.ts";
-import { Connection } from "./connection.ts";
+import { Connection, formatPeer } from "./connection.ts";
 import { isExecConnect } from "../local/exec.ts";
 import { runExecConnect } from "./execconnect.ts";
 import { newLibwrapLock, useLibwrapLock } from "../access/libwrap.ts";
 import { newCapwinCredentials, useCapwinCredentials } from "../../protocols/capwin.ts";
-import { type Logger, LogSink } from "../sys/log.ts";
+import { type LogContext, type Logger, LogSink } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { every } from "../sys/timer.ts";
 import { BindError, type Bound, newRoundRobin, Service } from "./service.ts";
@@ -79,6 +79,28 @@ async function createServices(
   // SNI secondary services belong to their primary service's contexts of this thread.
   linkVirtualServices(services);
   return services;
+}
+
+/**
+ * `-check`: builds every service as a start would (engines, TLS contexts with their
+ * certificates, keys, CAs and CRLs, connect targets resolved), then frees them; binds nothing.
+ * False once the reason is logged.
+ */
+export async function checkServices(
+  config: Configuration,
+  log: Logger,
+  runtime: Runtime,
+): Promise<boolean> {
+  let services: Service[];
+  try {
+    services = await createServices(config, log, runtime);
+  } catch (e) {
+    if (!(e instanceof StartError)) log(3, (e as Error).message);
+    return false;
+  }
+  for (const s of services) await s.prepare(log);
+  for (const s of services) s.free();
+  return true;
 }
 
 const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -211,7 +233,8 @@ export class Daemon {
         conn.close();
         return;
       }
-      const log = this.sink.bind(this.connectionId(owner.opts.logId), owner.opts.debugLevel);
+      const id = this.connectionId(owner.opts.logId);
+      const log = this.sink.bind(id, owner.opts.debugLevel, this.logContext(owner, id, conn));
       log(7, `Service [${owner.name}] started`);
       void this.handle(owner, conn, log);
     }
@@ -233,6 +256,18 @@ export class Daemon {
       case "process":
         return String(Deno.pid);
     }
+  }
+
+  /**
+   * What JSON log lines say of a connection: its service and number (the sequential id, or
+   * one drawn for it where the id is no number), filled in as the connection goes.
+   */
+  private logContext(service: Service, id: string, conn: Conn): LogContext | undefined {
+    if (this.config.global.logFormat !== "json") return undefined;
+    const connection = service.opts.logId === "sequential"
+      ? Number(id)
+      : Atomics.add(this.runtime.ids, 0, 1);
+    return { service: service.name, connection, peer: formatPeer(conn.remoteAddr) };
   }
 
   private handle(service: Service, conn: Conn, log: Logger): Promise<void> {

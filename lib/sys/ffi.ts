@@ -67,6 +67,10 @@ const sslSymbols = {
   // sni.ts
   SSL_CTX_callback_ctrl: { parameters: ["pointer", "i32", "function"], result: "i64" },
   SSL_get_servername: { parameters: ["pointer", "i32"], result: "pointer" },
+  // ALPN (extension `alpn`; context.ts, core.ts)
+  SSL_get0_alpn_selected: { parameters: ["pointer", "buffer", "buffer"], result: "void" },
+  SSL_CTX_set_alpn_protos: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  SSL_CTX_set_alpn_select_cb: { parameters: ["pointer", "function", "pointer"], result: "void" },
   SSL_set_SSL_CTX: { parameters: ["pointer", "pointer"], result: "pointer" },
   SSL_set_verify: { parameters: ["pointer", "i32", "pointer"], result: "void" },
   SSL_CTX_get_verify_mode: { parameters: ["pointer"], result: "i32" },
@@ -161,6 +165,11 @@ const cryptoSymbols = {
   X509_check_email: { parameters: ["pointer", "buffer", "usize", "u32"], result: "i32" },
   X509_check_ip_asc: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   X509_get_subject_name: { parameters: ["pointer"], result: "pointer" },
+  // protocols/proxy.ts (PROXY v2): the CN of the client certificate
+  X509_NAME_get_text_by_NID: {
+    parameters: ["pointer", "i32", "buffer", "i32"],
+    result: "i32",
+  },
   X509_NAME_oneline: { parameters: ["pointer", "pointer", "i32"], result: "pointer" },
   CRYPTO_free: { parameters: ["pointer", "pointer", "i32"], result: "void" },
   // sni.ts
@@ -364,6 +373,8 @@ const libcSymbols = {
   close: { parameters: ["i32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // notify.ts: systemd's MONOTONIC_USEC (CLOCK_MONOTONIC, which performance.now() is not)
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   // daemon.ts: the memory of the contexts a reload freed goes back to the system
   malloc_trim: { parameters: ["usize"], result: "i32" },
   // psk.ts, session.ts: writes into buffers OpenSSL hands to a callback

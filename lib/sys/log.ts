@@ -1,6 +1,6 @@
 /** stunnel's log: `2026.11.22 01:05:49 LOG5[0]: message` to stderr, a file and/or syslog. */
 import { cstr, lib } from "./ffi.ts";
-import { SYSLOG_FACILITIES } from "./names.ts";
+import { SYSLOG_FACILITIES, SYSLOG_LEVELS } from "./names.ts";
 
 /** The global options that decide where log lines go. */
 export interface LogSettings {
@@ -11,15 +11,29 @@ export interface LogSettings {
   /** syslog's ident. */
   service: string;
   syslog: boolean;
+  /** `logFormat = json` (extension): one JSON object per line instead of stunnel's text. */
+  logFormat?: "text" | "json";
 }
+
+/** What a JSON log line says about the connection a logger belongs to (set as it is learnt). */
+export interface LogContext {
+  service?: string;
+  connection?: number;
+  peer?: string;
+}
+
+/** Values a JSON log line carries beside the message (ignored by the text format). */
+export type LogFields = Record<string, string | number>;
 
 /** Writes one log line (stunnel's level, 0-7). */
 export type Log = (level: number, message: string) => void;
 
 /** A log function bound to a connection or component id; drops messages above `level`. */
 export interface Logger {
-  (level: number, message: string): void;
+  (level: number, message: string, fields?: LogFields): void;
   readonly level: number;
+  /** The connection this logger belongs to, for JSON lines. */
+  readonly context?: LogContext;
 }
 
 const LOG_PID = 0x01;
@@ -108,8 +122,17 @@ export class LogSink {
     return this.stamp;
   }
 
-  write(level: number, id: string, message: string): void {
-    const body = `LOG${level}[${id}]: ${message}`;
+  write(
+    level: number,
+    id: string,
+    message: string,
+    context?: LogContext,
+    fields?: LogFields,
+  ): void {
+    const json = this.global.logFormat === "json";
+    const body = json
+      ? jsonLine(level, id, message, context, fields)
+      : `LOG${level}[${id}]: ${message}`;
     if (this.syslogIdent) {
       const facility = SYSLOG_FACILITIES[this.global.debugFacility] ?? SYSLOG_FACILITIES.daemon;
       lib().libc.syslog(facility | level, cstr("%s"), cstr(body));
@@ -117,19 +140,38 @@ export class LogSink {
     const toStderr = level <= this.stderrLevel;
     const holdBack = this.heldBack !== undefined && level <= 3;
     if (!this.file && !toStderr && !holdBack) return;
-    const line = encoder.encode(`${this.timestamp()} ${body}\n`);
+    const line = encoder.encode(json ? `${body}\n` : `${this.timestamp()} ${body}\n`);
     if (this.file) writeAllSync(this.file, line);
     if (toStderr) writeAllSync(Deno.stderr, line);
     if (holdBack) this.heldBack!.push(line);
   }
 
   /** A logger for one id that drops messages above `threshold`. */
-  bind(id: string, threshold: number): Logger {
-    const log = (level: number, message: string) => {
-      if (level <= threshold) this.write(level, id, message);
+  bind(id: string, threshold: number, context?: LogContext): Logger {
+    const log = (level: number, message: string, fields?: LogFields) => {
+      if (level <= threshold) this.write(level, id, message, context, fields);
     };
-    return Object.assign(log, { level: threshold });
+    return Object.assign(log, { level: threshold, context });
   }
+}
+
+/** `logFormat = json`: one object per line, the fields that are known and the message. */
+function jsonLine(
+  level: number,
+  id: string,
+  message: string,
+  context: LogContext | undefined,
+  fields: LogFields | undefined,
+): string {
+  return JSON.stringify({
+    time: new Date().toISOString(),
+    level,
+    levelName: SYSLOG_LEVELS[level],
+    id,
+    ...context,
+    message,
+    ...fields,
+  });
 }
 
 function writeAllSync(w: { writeSync(p: Uint8Array): number }, data: Uint8Array): void {

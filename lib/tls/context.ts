@@ -25,6 +25,7 @@ import {
 } from "./core.ts";
 import { ClientSessions, configureSessions, setTicketKeys } from "./session.ts";
 import { configurePsk } from "./psk.ts";
+import { configureAlpn } from "./alpn.ts";
 import { applyConfigCommands, configureDh, watchRenegotiation } from "./policy.ts";
 import { configureVerification } from "./verify.ts";
 import { installServernameCallback } from "./sni.ts";
@@ -95,6 +96,7 @@ export class TlsContext implements ContextHandle {
     await configureSessions(this, log);
     if (!opts.client && !opts.renegotiation) watchRenegotiation(this);
     configurePsk(this, log);
+    configureAlpn(this, log);
     // SNI virtual services: every server-mode context asks sni.ts, as stunnel's do.
     if (!opts.client) installServernameCallback(this);
     if (opts.cert) this.loadCertificate(opts.cert, opts.key ?? opts.cert, log);

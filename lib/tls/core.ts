@@ -95,6 +95,7 @@ export type ContextOptions = Pick<
   | "engine"
   | "sessiond"
   | "CAengine"
+  | "alpn"
 >;
 
 /**
@@ -262,6 +263,27 @@ export class TlsConnection {
 
   get version(): string {
     return readCString(lib().ssl.SSL_get_version(this.ssl));
+  }
+
+  /** The application protocol ALPN selected in the handshake, if any. */
+  get alpn(): string | undefined {
+    const data = new BigUint64Array(1);
+    const length = new Uint32Array(1);
+    lib().ssl.SSL_get0_alpn_selected(
+      this.ssl,
+      new Uint8Array(data.buffer),
+      new Uint8Array(length.buffer),
+    );
+    const p = Deno.UnsafePointer.create(data[0]);
+    if (p === null || length[0] === 0) return undefined;
+    const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, length[0]));
+    return new TextDecoder().decode(bytes.slice());
+  }
+
+  /** The server name the client asked for (SNI), if any. */
+  get servername(): string | undefined {
+    const name = lib().ssl.SSL_get_servername(this.ssl, TLSEXT_NAMETYPE_host_name);
+    return name === null ? undefined : readCString(name);
   }
 
   /** e.g. `TLS_AES_256_GCM_SHA384 (256-bit encryption)` */

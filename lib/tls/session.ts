@@ -170,6 +170,7 @@ const SETTINGS = [
   "engine",
   "sessiond",
   "CAengine",
+  "alpn",
 ] as const satisfies readonly (keyof ContextOptions)[];
 type Unlisted = Exclude<keyof ContextOptions, typeof SETTINGS[number]>;
 // A type error here names an option of ContextOptions that SETTINGS lacks.

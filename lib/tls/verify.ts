@@ -447,3 +447,29 @@ export function peerNames(conn: TlsConnection): { subject: string; issuer: strin
     crypto.X509_free(cert);
   }
 }
+
+/** NID_commonName */
+const NID_COMMON_NAME = 13;
+
+/**
+ * The peer certificate as PROXY v2 reports it: its subject's CN and OpenSSL's verification
+ * result (0: verified); undefined when the peer sent none (in this session).
+ */
+export function peerCertificate(conn: TlsConnection): { cn?: string; verify: number } | undefined {
+  const { ssl, crypto } = lib();
+  const cert = ssl.SSL_get1_peer_certificate(conn.ssl);
+  if (cert === null) return undefined;
+  try {
+    const buf = new Uint8Array(256);
+    const n = crypto.X509_NAME_get_text_by_NID(
+      crypto.X509_get_subject_name(cert),
+      NID_COMMON_NAME,
+      buf,
+      buf.length,
+    );
+    const cn = n >= 0 ? new TextDecoder().decode(buf.subarray(0, n)) : undefined;
+    return { cn, verify: Number(ssl.SSL_get_verify_result(conn.ssl)) };
+  } finally {
+    crypto.X509_free(cert);
+  }
+}
