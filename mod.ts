@@ -3,7 +3,9 @@
  */
 import { ConfigError, loadConfig, parseConfigText } from "./lib/config/parser.ts";
 import { newRuntime, StartError } from "./lib/proxy/daemon.ts";
-import { cstr, lib, O_RDWR, opensslVersion } from "./lib/sys/ffi.ts";
+import { cstr, lib, O_RDWR, OpenSslMissing } from "./lib/sys/ffi.ts";
+import { chooseTlsEngine, type TlsEngineChoice } from "./lib/tls/choice.ts";
+import { denoTlsRefusalLines, denoTlsRefusals } from "./lib/config/deno_tls.ts";
 import { runInetd } from "./lib/proxy/inetd.ts";
 import { early, LogSink } from "./lib/sys/log.ts";
 import { checkConfiguration } from "./lib/process/check.ts";
@@ -28,15 +30,40 @@ const READY = "ready\n";
 /** The number of threads that serve connections (default: one per core). */
 const THREADS_ENV = "STUNNEL_THREADS";
 
-export function versionLines(): string[] {
-  const openssl = opensslVersion().replace(/^OpenSSL /, "");
-  return [
+/** stunnel's banner; `tls`: the engine chosen (by default as `tlsEngine = auto` would). */
+export function versionLines(tls?: TlsEngineChoice): string[] {
+  const choice = tls ?? defaultChoice();
+  const head = [
     `stunnel ${STUNNEL_VERSION} on ${Deno.build.arch}-pc-linux-gnu platform`,
     `stunnel-deno ${VERSION} (TypeScript on Deno ${Deno.version.deno})`,
-    `Compiled with OpenSSL ${openssl}`,
-    `Running  with OpenSSL ${openssl}`,
-    "Threading:DENO Sockets:DENO,IPv6 TLS:SNI",
   ];
+  if (choice.openssl) {
+    const { version, libssl, libcrypto } = choice.openssl;
+    const openssl = version.replace(/^OpenSSL /, "");
+    return [
+      ...head,
+      `Compiled with OpenSSL ${openssl}`,
+      `Running  with OpenSSL ${openssl}`,
+      `OpenSSL loaded from ${libssl} and ${libcrypto}`,
+      "Threading:DENO Sockets:DENO,IPv6 TLS:SNI",
+    ];
+  }
+  return [
+    ...head,
+    `TLS engine: Deno's own TLS (rustls), ${choice.how}`,
+    ...(choice.fallback ? [choice.fallback] : []),
+    "Threading:DENO Sockets:DENO,IPv6",
+  ];
+}
+
+/** `-version` and friends: the engine `tlsEngine = auto` would run, with the environment's files. */
+function defaultChoice(): TlsEngineChoice {
+  try {
+    return chooseTlsEngine({ tlsEngine: "auto" });
+  } catch (e) {
+    // STUNNEL_LIBSSL/LIBCRYPTO named files that do not load.
+    return { engine: "deno", how: "no TLS engine", fallback: (e as Error).message };
+  }
 }
 
 export type ConfigSource = { path: string } | { fd: number };
@@ -52,13 +79,38 @@ function load(source: ConfigSource): Promise<Configuration> {
 export async function run(source: ConfigSource): Promise<number> {
   const config = await loadOrReport(source);
   if (!config) return 1;
+  const tls = chooseEngineOrReport(config);
+  if (!tls) return 1;
   const detached = Deno.env.get(DETACHED_ENV) === "1";
   if (config.global.foreground === "no" && !detached && !config.inetd) {
     return await detach();
   }
-  if (config.inetd) return await runInetd(config, versionLines());
+  if (config.inetd) return await runInetd(config, versionLines(tls));
   if (detached) lib().libc.setsid();
-  return await runDaemon(config, source, detached);
+  return await runDaemon(config, source, detached, tls);
+}
+
+/**
+ * The TLS engine (`tlsEngine`), before anything uses OpenSSL; undefined after logging why there
+ * is none, or which options Deno's TLS cannot honour.
+ */
+function chooseEngineOrReport(config: Configuration): TlsEngineChoice | undefined {
+  let tls: TlsEngineChoice;
+  try {
+    tls = chooseTlsEngine(config.global);
+  } catch (e) {
+    if (!(e instanceof OpenSslMissing)) throw e;
+    early(3, e.message);
+    early(3, "Configuration failed");
+    return undefined;
+  }
+  if (tls.engine === "openssl") return tls;
+  const refused = denoTlsRefusalLines(denoTlsRefusals(config), tls.how);
+  if (refused.length === 0) return tls;
+  if (tls.fallback) early(3, tls.fallback);
+  for (const line of refused) early(3, line);
+  early(3, "Configuration failed");
+  return undefined;
 }
 
 /**
@@ -68,11 +120,13 @@ export async function run(source: ConfigSource): Promise<number> {
 export async function check(source: ConfigSource): Promise<number> {
   const config = await loadOrReport(source);
   if (!config) return 1;
+  const tls = chooseEngineOrReport(config);
+  if (!tls) return 1;
   const global = { ...config.global, output: undefined, syslog: false };
   const sink = new LogSink(global, Math.max(global.debugLevel, 5));
   const log = sink.bind("ui", global.debugLevel);
   try {
-    if (!await checkConfiguration(config, log)) {
+    if (!await checkConfiguration(config, tls, log)) {
       log(3, "Configuration failed");
       return 1;
     }
@@ -100,8 +154,9 @@ async function runDaemon(
   config: Configuration,
   source: ConfigSource,
   detached: boolean,
+  tls: TlsEngineChoice,
 ): Promise<number> {
-  const started = openStartupLog(config, versionLines());
+  const started = openStartupLog(config, versionLines(tls));
   if (!started) return 1;
   const { sink, ui } = started;
   // A detached daemon's launcher shows the errors of its start-up only if it fails.
@@ -111,7 +166,7 @@ async function runDaemon(
     config,
     () => load(source),
     sink,
-    newRuntime(threads > 1),
+    newRuntime(threads > 1, tls),
     threads,
     Deno.env.has(THREADS_ENV),
     Notifier.fromEnvironment(),

@@ -82,8 +82,8 @@ Deno.test("table: every option of the manual, plus CAengine, exactly once", () =
   assert.equal(new Set(manual).size, 91);
   const names = OPTIONS.map((o) => o.name);
   assert.equal(new Set(names).size, names.length);
-  // Extensions beyond stunnel (README, "Operations beyond stunnel").
-  const extensions = ["alpn", "logFormat", "proxyVersion"];
+  // Extensions beyond stunnel (README: "Operations beyond stunnel", "TLS engines").
+  const extensions = ["alpn", "logFormat", "proxyVersion", "tlsEngine", "libssl", "libcrypto"];
   assert.deepEqual([...names].sort(), [...manual, "CAengine", ...extensions].sort());
 });
 

@@ -121,3 +121,12 @@ e2e("alpn: a bad list names the file, line and option", { extra: EXTRA }, async 
   await proxy.waitForLog(/Connection (closed|reset)/);
   assertNotMatch(proxy.log(), /ALPN/);
 });
+
+e2e("alpn (server, tlsEngine = deno): Deno's TLS selects from the list too", {
+  extra: EXTRA,
+}, async () => {
+  const [port, conf] = await serverService(9, "h2,http/1.1");
+  const proxy = await startProxy(`tlsEngine = deno\n${conf}`);
+  assertMatch(await sClientAlpn(port, "http/1.1,h2"), /^ALPN protocol: h2$/m);
+  await proxy.waitForLog(/LOG6\[\d+\]: ALPN: selected protocol: h2$/m);
+});

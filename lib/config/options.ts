@@ -666,6 +666,44 @@ export const OPTIONS: readonly OptionSpec[] = [
     default: "yes",
     help: "yes|no enable the taskbar icon",
   }),
+  define({
+    name: "tlsEngine",
+    scope: "global",
+    status: "supported",
+    inHelp: false,
+    ...either("auto", "openssl", "deno"),
+    store: toGlobal("tlsEngine"),
+    default: "auto",
+    help: "auto|openssl|deno TLS engine (an extension)",
+    note: "Extension (not in stunnel). `openssl`: OpenSSL 3 through FFI (start-up fails when " +
+      "it cannot be loaded); `deno`: Deno's own TLS, which refuses at start-up, with the line " +
+      "and the reason, every option it cannot honour (see README, TLS engines); `auto`: " +
+      "OpenSSL when it loads, else Deno's TLS. Takes effect at start only (a reload keeps it).",
+  }),
+  define({
+    name: "libssl",
+    scope: "global",
+    status: "supported",
+    inHelp: false,
+    ...text,
+    syntax: "FILE",
+    store: toGlobal("libssl"),
+    help: "OpenSSL 3 libssl file to load (an extension)",
+    note: "Extension (not in stunnel): the libssl of OpenSSL 3 to load instead of searching " +
+      "for it (also STUNNEL_LIBSSL); read before OpenSSL is first used, at start only.",
+  }),
+  define({
+    name: "libcrypto",
+    scope: "global",
+    status: "supported",
+    inHelp: false,
+    ...text,
+    syntax: "FILE",
+    store: toGlobal("libcrypto"),
+    help: "OpenSSL 3 libcrypto file to load (an extension)",
+    note: "Extension (not in stunnel): the libcrypto of OpenSSL 3 to load instead of " +
+      "searching for it (also STUNNEL_LIBCRYPTO); at start only.",
+  }),
 
   // ------------------------------------------------------------ service-level options
   define({
@@ -1489,6 +1527,7 @@ export function defaultGlobalOptions(): GlobalOptions {
     RNDoverwrite: true,
     service: "stunnel",
     syslog: true,
+    tlsEngine: "auto",
     where: {},
   };
 }

@@ -39,6 +39,11 @@ export interface GlobalOptions {
   setgid?: string;
   setuid?: string;
   syslog: boolean;
+  /** Extension: which TLS engine runs the services (`auto`: OpenSSL when it loads). */
+  tlsEngine: "auto" | "openssl" | "deno";
+  /** Extension: the OpenSSL 3 files to load (else STUNNEL_LIBSSL/LIBCRYPTO, else a search). */
+  libssl?: string;
+  libcrypto?: string;
   /** The lines the options above came from, keyed by option name (for late errors). */
   where: Record<string, Where>;
 }

@@ -6,11 +6,16 @@ import { checkServices, newRuntime } from "../proxy/daemon.ts";
 import type { Logger } from "../sys/log.ts";
 import { lookupId } from "./supervisor.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
+import type { TlsEngineChoice } from "../tls/choice.ts";
 
 /** Logs what a start would refuse; true when nothing is. */
-export async function checkConfiguration(config: Configuration, log: Logger): Promise<boolean> {
+export async function checkConfiguration(
+  config: Configuration,
+  tls: TlsEngineChoice,
+  log: Logger,
+): Promise<boolean> {
   if (!checkProcess(config.global, log)) return false;
-  return await checkServices(config, log, newRuntime(false));
+  return await checkServices(config, log, newRuntime(false, tls));
 }
 
 /** What the supervisor needs after binding: the user, the group, the jail, the pid file's home. */

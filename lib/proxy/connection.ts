@@ -2,7 +2,8 @@
 import { AccessDenied } from "../access/denied.ts";
 import type { Logger } from "../sys/log.ts";
 import { NOT_A_SOCKET } from "../net/conn.ts";
-import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
+import { DenoTlsStream, pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
+import type { DenoTlsContext } from "../tls/deno.ts";
 import type { Service } from "./service.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
@@ -62,7 +63,7 @@ export class Connection {
   private streams: Stream[] = [];
   /** Every socket of this connection, for `reset = yes`. */
   private sockets: Conn[] = [];
-  private tlsStream: TlsStream | undefined;
+  private tlsStream: TlsStream | DenoTlsStream | undefined;
   private timedOut: TimedOut | undefined;
   /** The peer failed authentication: connect to `redirect` instead of `connect`. */
   private redirected = false;
@@ -134,7 +135,7 @@ export class Connection {
         durationMs: Date.now() - this.started,
       });
       this.detachSni?.();
-      this.tlsStream?.tls.free();
+      if (this.tlsStream instanceof TlsStream) this.tlsStream.tls.free();
     }
   }
 
@@ -186,7 +187,9 @@ export class Connection {
    * Everything up to the transfer: the streams it moves data between (returned rather than
    * transferred here, so that an idle connection does not keep this frame suspended).
    */
-  private async establish(): Promise<{ tls: TlsStream; plain: PlainStream }> {
+  private async establish(): Promise<
+    { tls: TlsStream | DenoTlsStream; plain: PlainStream }
+  > {
     const { service } = this;
     const opts = service.opts;
     this.sockets.push(this.local);
@@ -199,6 +202,8 @@ export class Connection {
     );
     // `protocol =`: its phases run around the handshake and the connect (protocols/mod.ts).
     const negotiation = await negotiationFor(opts);
+    const deno = service.denoTls;
+    if (deno) return await this.establishDeno(deno, negotiation);
     const local = new PlainStream(this.local);
     this.streams.push(local);
     await this.negotiate(negotiation, "early", { local });
@@ -233,11 +238,70 @@ export class Connection {
     }
   }
 
+  /**
+   * establish() with Deno's TLS: a server-mode connection was accepted by Deno.listenTls (its
+   * handshake is all that is left); a client-mode one upgrades its remote TCP connection with
+   * Deno.startTls, after any plaintext the protocol exchanges there.
+   */
+  private async establishDeno(
+    deno: DenoTlsContext,
+    negotiation: Negotiation | undefined,
+  ): Promise<{ tls: DenoTlsStream; plain: PlainStream }> {
+    const { service } = this;
+    if (!service.opts.client) {
+      const tls = new DenoTlsStream(this.local as Deno.TlsConn);
+      this.tlsStream = tls;
+      this.streams.push(tls);
+      await this.handshakeDeno(tls);
+      await this.negotiate(negotiation, "middle", { tls });
+      const remote = await this.openRemote(undefined);
+      await this.negotiate(negotiation, "late", { tls, remote });
+      return { tls, plain: remote };
+    }
+    const local = new PlainStream(this.local);
+    this.streams.push(local);
+    await this.negotiate(negotiation, "early", { local });
+    const remote = await this.openRemote(undefined);
+    await this.negotiate(negotiation, "middle", { local, remote });
+    const sni = service.sniName();
+    this.log(6, `SNI: sending servername: ${service.opts.checkHost[0] ?? sni}`);
+    const conn = remote.conn;
+    // Deno.startTls takes Deno's own TCP connections (config/deno_tls.ts refuses the others).
+    if (conn.remoteAddr.transport !== "tcp" || !conn.setNoDelay || conn.resetNow) {
+      throw new Error("Deno's TLS needs a TCP connection made by Deno");
+    }
+    if (remote.hasPending) throw new ProtocolError("Data after the STARTTLS reply");
+    // startTls takes the TCP connection over: closing the TLS one closes it.
+    const tls = new DenoTlsStream(await deno.startClient(conn as Deno.TcpConn, sni));
+    this.streams = this.streams.filter((s) => s !== remote);
+    this.tlsStream = tls;
+    this.streams.push(tls);
+    await this.handshakeDeno(tls);
+    await this.negotiate(negotiation, "late", { local, tls });
+    return { tls, plain: local };
+  }
+
+  /** Deno's handshake: one wait for the peer, bounded by TIMEOUTbusy. */
+  private async handshakeDeno(tls: DenoTlsStream): Promise<void> {
+    this.busy = true;
+    const required = this.service.opts.client;
+    this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
+    const alpn = await tls.handshake(() => this.lastActivity = Date.now());
+    this.busy = false;
+    if (this.log.level >= 6) {
+      // Deno tells nothing of the session, the protocol version or the cipher.
+      this.log(6, `TLS ${this.service.opts.client ? "connected" : "accepted"}`);
+      if (this.service.opts.alpn) {
+        this.log(6, alpn ? `ALPN: selected protocol: ${alpn}` : "ALPN: no protocol selected");
+      }
+    }
+  }
+
   /** Runs one phase of the protocol negotiation, if it has one; TIMEOUTbusy bounds its waits. */
   private async negotiate(
     negotiation: Negotiation | undefined,
     phase: Phase,
-    streams: { local?: PlainStream; remote?: PlainStream; tls?: TlsStream },
+    streams: { local?: PlainStream; remote?: PlainStream; tls?: TlsStream | DenoTlsStream },
   ): Promise<void> {
     const run = negotiation?.[phase];
     if (!run) return;
@@ -255,7 +319,7 @@ export class Connection {
       remote: channel(streams.remote),
       tls: channel(streams.tls),
       localConn: this.local,
-      tlsConnection: this.tlsStream?.tls,
+      tlsConnection: this.tlsStream instanceof TlsStream ? this.tlsStream.tls : undefined,
       setTargets: (targets) => this.targets = targets,
     };
     try {
@@ -349,7 +413,7 @@ export class Connection {
   }
 
   /** Both directions at once until both have ended. */
-  private async transfer(tls: TlsStream, plain: PlainStream): Promise<void> {
+  private async transfer(tls: TlsStream | DenoTlsStream, plain: PlainStream): Promise<void> {
     this.lastActivity = Date.now();
     let failure: unknown;
     const fail = (e: unknown) => {

@@ -18,6 +18,9 @@ import type { Conn } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
 import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
 import type { Configuration, LogId } from "../config/types.ts";
+import { chooseOpenSsl } from "../sys/ffi.ts";
+import type { TlsEngineChoice } from "../tls/choice.ts";
+import { denoTlsRefusalLines, denoTlsRefusals } from "../config/deno_tls.ts";
 
 /** A failure that has already been logged; the daemon cannot start with this configuration. */
 export class StartError extends Error {}
@@ -41,10 +44,16 @@ export interface Runtime {
   libwrapLock: Int32Array;
   /** `protocol = capwinctrl`'s credentials, one buffer per process (protocols/capwin.ts). */
   capwinCredentials: Uint8Array;
+  /** The TLS engine of the process (`tlsEngine`, decided at start: tls/choice.ts). */
+  tlsEngine: TlsEngineChoice["engine"];
+  /** How it was chosen, for the messages refusing what Deno's TLS cannot do. */
+  tlsEngineHow: string;
 }
 
-export function newRuntime(reusePort: boolean): Runtime {
+export function newRuntime(reusePort: boolean, tls: TlsEngineChoice): Runtime {
   return {
+    tlsEngine: tls.engine,
+    tlsEngineHow: tls.how,
     reusePort,
     ids: new Int32Array(new SharedArrayBuffer(4)),
     ticketKeys: crypto.getRandomValues(new Uint8Array(80)),
@@ -61,9 +70,16 @@ async function createServices(
   log: Logger,
   runtime: Runtime,
 ): Promise<Service[]> {
-  // Engines, FIPS and the PRNG are the process's: set up by the main thread before any service.
-  if (runtime.worker) attachEngines(config.global);
-  else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
+  if (runtime.tlsEngine === "deno") {
+    // Every option in use must be one Deno's TLS honours (config/deno_tls.ts).
+    const refused = denoTlsRefusalLines(denoTlsRefusals(config), runtime.tlsEngineHow);
+    for (const line of refused) log(3, line);
+    if (refused.length > 0) throw new StartError("Configuration failed");
+  } else if (runtime.worker) {
+    // Engines, FIPS and the PRNG are the process's: set up by the main thread before any
+    // service.
+    attachEngines(config.global);
+  } else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
@@ -77,7 +93,7 @@ async function createServices(
     }
   }
   // SNI secondary services belong to their primary service's contexts of this thread.
-  linkVirtualServices(services);
+  if (runtime.tlsEngine === "openssl") linkVirtualServices(services);
   return services;
 }
 
@@ -135,6 +151,8 @@ export class Daemon {
     this.stopTimer = every(1000, () => this.checkTimeouts());
     useLibwrapLock(runtime.libwrapLock);
     useCapwinCredentials(runtime.capwinCredentials);
+    // A worker thread loads the OpenSSL files the main thread chose (the same search).
+    chooseOpenSsl({ libssl: config.global.libssl, libcrypto: config.global.libcrypto });
   }
 
   private uiLogger(sink: LogSink, config: Configuration): Logger {
@@ -317,6 +335,14 @@ export class Daemon {
   async apply(next: Configuration, sink: LogSink): Promise<boolean> {
     const log = this.log;
     let services: Service[];
+    const [was, now] = [this.config.global, next.global];
+    if (
+      was.tlsEngine !== now.tlsEngine || was.libssl !== now.libssl ||
+      was.libcrypto !== now.libcrypto
+    ) {
+      log(3, "tlsEngine, libssl and libcrypto take effect at start only: restart to change them");
+      return false;
+    }
     try {
       services = await createServices(next, log, this.runtime);
     } catch {

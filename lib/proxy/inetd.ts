@@ -92,7 +92,8 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
   const { sink, ui } = started;
   // stunnel names the section of inetd mode after the global `service` option.
   const opts = { ...config.services[0], name: config.global.service };
-  const runtime = newRuntime(false);
+  // mod.ts runs inetd mode with OpenSSL only (Deno's TLS needs sockets Deno made).
+  const runtime = newRuntime(false, { engine: "openssl", how: "tlsEngine = openssl" });
   if (!setUpGlobalCrypto(config.global, ui)) {
     ui(3, "Configuration failed");
     sink.close();

@@ -77,6 +77,11 @@ export class PlainStream implements Stream {
     if (data.length > 0) this.pending = data;
   }
 
+  /** Bytes read ahead and not yet returned (they must not be lost under a TLS upgrade). */
+  get hasPending(): boolean {
+    return this.pending !== null;
+  }
+
   /** Not async: an idle connection waits in as few suspended frames as can be (memory). */
   read(): Promise<Uint8Array<ArrayBuffer> | null> {
     if (this.pending) {
@@ -281,6 +286,49 @@ export class TlsStream implements Stream {
     // A plaintext buffer may still be in a write that the close is failing: not back to the pool.
     this.socket.close();
     this.plain = null;
+  }
+}
+
+/**
+ * TLS of Deno's own (`tlsEngine = deno`): a Deno.TlsConn is a socket that reads and writes
+ * plaintext; only the handshake and the ways the peer can end differ from a plain socket.
+ */
+export class DenoTlsStream extends PlainStream {
+  /** How the peer ended its direction, once it has (as TlsStream.peerEnd). */
+  peerEnd: "close_notify" | "eof" | undefined;
+  private sentCloseNotify = false;
+
+  constructor(readonly tlsConn: Deno.TlsConn) {
+    super(tlsConn);
+  }
+
+  get closeNotifySent(): boolean {
+    return this.sentCloseNotify;
+  }
+
+  /** Completes the handshake (one wait: TIMEOUTbusy bounds it as a whole): the ALPN chosen. */
+  async handshake(waiting: () => void): Promise<string | null> {
+    waiting();
+    return (await this.tlsConn.handshake()).alpnProtocol;
+  }
+
+  override read(): Promise<Uint8Array<ArrayBuffer> | null> {
+    return super.read().then((data) => {
+      if (data === null) this.peerEnd ??= "close_notify";
+      return data;
+    }, (e) => {
+      // Like stunnel, a peer that closes TCP without close_notify ends the stream normally.
+      if (!(e instanceof Deno.errors.UnexpectedEof)) throw e;
+      this.peerEnd ??= "eof";
+      return null;
+    });
+  }
+
+  override async closeWrite(): Promise<void> {
+    // A peer that closed without close_notify gets none either, as from stunnel.
+    if (this.sentCloseNotify || this.peerEnd === "eof") return;
+    this.sentCloseNotify = true;
+    await super.closeWrite();
   }
 }
 

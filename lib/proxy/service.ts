@@ -3,6 +3,8 @@ import { formatAddress } from "../config/address.ts";
 import type { Logger } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { TlsContext } from "../tls/context.ts";
+import { DenoTlsContext } from "../tls/deno.ts";
+import type { TlsEngineName } from "../tls/choice.ts";
 import type { Address, ServiceOptions } from "../config/types.ts";
 import type { Conn } from "../net/conn.ts";
 import { connect, type ConnectSetup, resolveAddress } from "../net/connect.ts";
@@ -60,7 +62,8 @@ export class Service {
 
   constructor(
     readonly opts: ServiceOptions,
-    readonly tls: TlsContext,
+    /** OpenSSL's context, or Deno's TLS (`tlsEngine = deno`). */
+    readonly engine: TlsContext | DenoTlsContext,
     private readonly roundRobin: Int32Array,
   ) {
     this.name = opts.name;
@@ -75,14 +78,27 @@ export class Service {
       this.sockets.remoteConfigured;
   }
 
+  /** The OpenSSL context; only the OpenSSL engine's code paths ask for it. */
+  get tls(): TlsContext {
+    if (!(this.engine instanceof TlsContext)) throw new Error("not an OpenSSL service");
+    return this.engine;
+  }
+
+  /** Deno's TLS, when it is the engine (`tlsEngine = deno`). */
+  get denoTls(): DenoTlsContext | undefined {
+    return this.engine instanceof DenoTlsContext ? this.engine : undefined;
+  }
+
   static async create(
     opts: ServiceOptions,
     log: Logger,
-    shared: { ticketKeys: Uint8Array; roundRobin: Int32Array },
+    shared: { ticketKeys: Uint8Array; roundRobin: Int32Array; tlsEngine: TlsEngineName },
   ): Promise<Service> {
     log(6, `Initializing service [${opts.name}]`);
-    const tls = await TlsContext.create(opts, log, shared.ticketKeys);
-    return new Service(opts, tls, shared.roundRobin);
+    const engine = shared.tlsEngine === "deno"
+      ? DenoTlsContext.create(opts)
+      : await TlsContext.create(opts, log, shared.ticketKeys);
+    return new Service(opts, engine, shared.roundRobin);
   }
 
   /** Resolves connect targets now, unless delayed; a failure switches to the delayed resolver. */
@@ -145,8 +161,11 @@ export class Service {
       }
     }
     const before = fdSnapshot();
-    const listener = accept.kind === "unix"
+    const deno = this.denoTls;
+    const listener: Deno.Listener = accept.kind === "unix"
       ? Deno.listen({ transport: "unix", path: accept.path })
+      : deno && !this.opts.client
+      ? deno.listen(accept.host, accept.port, reusePort)
       : Deno.listen({ transport: "tcp", hostname: accept.host, port: accept.port, reusePort });
     const [fd] = findListenerFds(listener.addr, before);
     log(7, `Listening file descriptor created (FD=${fd})`);
@@ -248,7 +267,7 @@ export class Service {
   }
 
   free(): void {
-    this.tls.free();
+    if (this.engine instanceof TlsContext) this.engine.free();
   }
 }
 

@@ -2,9 +2,8 @@
  * The only place that opens native libraries: OpenSSL 3 (libssl, libcrypto) and libc.
  * Everything else uses the typed wrappers exported here.
  */
+import { type OpenSslCandidate, openSslCandidates, type OpenSslFiles } from "./openssl_files.ts";
 
-const LIBSSL = "libssl.so.3";
-const LIBCRYPTO = "libcrypto.so.3";
 const LIBC = "libc.so.6";
 
 const sslSymbols = {
@@ -128,6 +127,7 @@ const sslSymbols = {
 
 const cryptoSymbols = {
   OpenSSL_version: { parameters: ["i32"], result: "pointer" },
+  OpenSSL_version_num: { parameters: [], result: "u64" },
   BIO_s_mem: { parameters: [], result: "pointer" },
   BIO_new: { parameters: ["pointer"], result: "pointer" },
   BIO_new_mem_buf: { parameters: ["buffer", "i32"], result: "pointer" },
@@ -456,15 +456,116 @@ function lazySymbols<S extends Deno.ForeignLibraryInterface>(
   return bound;
 }
 
+/** OpenSSL 3 as loaded: the files and the version, for `-version` and the log. */
+export interface OpenSslLoaded {
+  libssl: string;
+  libcrypto: string;
+  version: string;
+}
+
+/** No usable OpenSSL 3: the message names every file tried and why each failed. */
+export class OpenSslMissing extends Error {}
+
+const OPENSSL_3 = 0x30000000n;
+
+/**
+ * The OpenSSL of this thread: which files to load (set before the first use), and once
+ * loaded, the files and their version. Per thread, as the handles are.
+ */
+interface OpenSslState {
+  files: OpenSslFiles;
+  loaded?: OpenSslLoaded;
+  missing?: OpenSslMissing;
+}
+
 let native: Native | undefined;
+let openssl: OpenSslState = { files: {} };
+
+/**
+ * Names the OpenSSL files to load (`libssl`/`libcrypto`, then the environment, then the
+ * platform's search). Takes effect only before OpenSSL is first used; false when it is already
+ * loaded from other files.
+ */
+export function chooseOpenSsl(files: OpenSslFiles): boolean {
+  if (openssl.loaded || openssl.missing) {
+    return files.libssl === openssl.files.libssl && files.libcrypto === openssl.files.libcrypto;
+  }
+  openssl = { files: { ...files } };
+  return true;
+}
+
+/** Loads OpenSSL 3 once (throws OpenSslMissing, every time, when it cannot). */
+export function loadOpenSsl(): OpenSslLoaded {
+  if (openssl.loaded) return openssl.loaded;
+  if (openssl.missing) throw openssl.missing;
+  const tried: string[] = [];
+  for (const candidate of openSslCandidates(openssl.files, Deno.build.os, Deno.build.arch)) {
+    const loaded = tryOpenSsl(candidate, tried);
+    if (loaded) return openssl.loaded = loaded;
+  }
+  openssl.missing = new OpenSslMissing(
+    `OpenSSL 3 not found (tried ${tried.join("; ")}); name the library files with ` +
+      "`libssl`/`libcrypto` (or STUNNEL_LIBSSL/STUNNEL_LIBCRYPTO), or use `tlsEngine = deno`",
+  );
+  throw openssl.missing;
+}
+
+/** The version if `candidate` loads and is OpenSSL 3 or later; else why not, in `tried`. */
+function tryOpenSsl(candidate: OpenSslCandidate, tried: string[]): OpenSslLoaded | undefined {
+  const { libssl, libcrypto, where } = candidate;
+  let crypto;
+  try {
+    // libcrypto first: libssl then links to this one (the loader matches its soname).
+    crypto = Deno.dlopen(libcrypto, {
+      OpenSSL_version_num: cryptoSymbols.OpenSSL_version_num,
+      OpenSSL_version: cryptoSymbols.OpenSSL_version,
+    }).symbols;
+    Deno.dlopen(libssl, { TLS_method: { parameters: [], result: "pointer" } });
+  } catch (e) {
+    const reason = (e instanceof Error ? e.message : String(e))
+      .replace(/^(Could not open library: )+/, "").split("\n")[0];
+    tried.push(`${libcrypto} and ${libssl}${where}: ${reason}`);
+    return undefined;
+  }
+  const version = readCString(crypto.OpenSSL_version(0));
+  if (crypto.OpenSSL_version_num() < OPENSSL_3) {
+    tried.push(`${libcrypto}${where}: ${version} is older than 3.0`);
+    return undefined;
+  }
+  return {
+    libssl: loadedPath(libssl),
+    libcrypto: loadedPath(libcrypto),
+    version,
+  };
+}
+
+/** Where the dynamic linker found a library opened by its bare name (Linux: the maps). */
+function loadedPath(file: string): string {
+  if (file.includes("/") || file.includes("\\") || Deno.build.os !== "linux") return file;
+  try {
+    const line = Deno.readTextFileSync("/proc/self/maps").split("\n")
+      .find((l) => l.endsWith(`/${file}`));
+    return line ? line.slice(line.indexOf("/")) : file;
+  } catch {
+    return file;
+  }
+}
 
 /** The libraries of this thread (the handles are immutable after that). */
 export function lib(): Native {
   if (!native) {
+    let ssl: SslLib | undefined;
+    let crypto: CryptoLib | undefined;
+    const libc = lazySymbols(LIBC, libcSymbols);
     native = {
-      ssl: lazySymbols(LIBSSL, sslSymbols),
-      crypto: lazySymbols(LIBCRYPTO, cryptoSymbols),
-      libc: lazySymbols(LIBC, libcSymbols),
+      // OpenSSL is found and loaded on the first use of one of its symbols.
+      get ssl() {
+        return ssl ??= lazySymbols(loadOpenSsl().libssl, sslSymbols);
+      },
+      get crypto() {
+        return crypto ??= lazySymbols(loadOpenSsl().libcrypto, cryptoSymbols);
+      },
+      libc,
     };
   }
   return native;
