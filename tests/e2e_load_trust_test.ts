@@ -58,6 +58,7 @@ e2e("the cost of a failed connection does not grow with the connections open", {
   extra: "stunnel 5.68 runs a thread per connection: with 600 of them open, a failed " +
     "connection costs it several times as much CPU",
   timeoutMs: 120_000,
+  attempts: 2,
 }, async () => {
   const pki = await makePki();
   const [resetting, ownOptions, clientMode, idle, backend] = freePorts(5);
@@ -153,6 +154,7 @@ async function helloWithUnknownSession(port: number): Promise<void> {
 
 e2e("sessiond that does not answer: other handshakes do not wait for it", {
   timeoutMs: 60_000,
+  attempts: 2,
 }, async (scope) => {
   const pki = await makePki();
   // The cache: a UDP socket that reads every request and answers none.

@@ -127,12 +127,21 @@ function uniqueId(): string {
   return Array.from(bytes, (b) => ID_CHARS[b % ID_CHARS.length]).join("");
 }
 
+/** An idle thread gives freed memory back every TRIM_EVERY_MS for TRIM_WINDOW_MS. */
+const TRIM_EVERY_MS = 5_000;
+const TRIM_WINDOW_MS = 60_000;
+
 export class Daemon {
   private log: Logger;
   private services: Service[] = [];
   private readonly connections = new Set<Connection>();
-  /** A reload freed contexts: give their memory back once no connection is open. */
-  private trimAfterReload = false;
+  /**
+   * Until when an idle thread gives freed memory back to the system (malloc_trim), and when it
+   * last did: for a while after its last connection ended or a reload, as garbage collections
+   * free buffers some time after their connections ended.
+   */
+  private trimUntil = 0;
+  private lastTrim = 0;
   /** Connections accepted so far by this thread (the supervisor's measure of new load). */
   accepted = 0;
   /** Which service each listening socket accepts for. */
@@ -294,6 +303,7 @@ export class Daemon {
     this.connections.add(connection);
     return connection.run().finally(() => {
       this.connections.delete(connection);
+      if (this.connections.size === 0) this.trimUntil = Date.now() + TRIM_WINDOW_MS;
       // The connection's service now: SNI may have handed it to a secondary service.
       log(7, `Service [${connection.service.name}] finished (${this.connections.size} left)`);
     });
@@ -302,10 +312,12 @@ export class Daemon {
   private checkTimeouts(): void {
     const now = Date.now();
     for (const c of this.connections) c.checkTimeout(now);
-    // The old contexts of a reload are freed by the last connection that used them; malloc
-    // keeps what OpenSSL freed (certificates, stores, caches) unless told to give it back.
-    if (this.trimAfterReload && this.connections.size === 0) {
-      this.trimAfterReload = false;
+    // malloc keeps what OpenSSL and the buffers freed (the contexts a reload replaced, the
+    // read buffers of ended connections) unless told to give it back.
+    if (
+      this.connections.size === 0 && now < this.trimUntil && now - this.lastTrim >= TRIM_EVERY_MS
+    ) {
+      this.lastTrim = now;
       lib().libc.malloc_trim(0n);
     }
   }
@@ -365,7 +377,7 @@ export class Daemon {
       return false;
     }
     for (const o of old) this.unbind(o);
-    this.trimAfterReload = true;
+    this.trimUntil = Date.now() + TRIM_WINDOW_MS;
     this.listen(services);
     this.sink.switchTo(sink);
     this.log = this.uiLogger(this.sink, next);

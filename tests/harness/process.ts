@@ -85,6 +85,12 @@ export interface E2eOptions {
    * the test's name gets the prefix "[extra] " and it is skipped when PROXY_CMD is stunnel.
    */
   extra?: string;
+  /**
+   * For a check of a figure that depends on how busy the machine is (CPU shares, rates): how
+   * many times it is run before it counts as failed (default 1). Each failed attempt is
+   * printed with its error.
+   */
+  attempts?: number;
 }
 
 /**
@@ -100,16 +106,21 @@ export function e2e(name: string, opts: E2eOptions, fn: (scope: Scope) => Promis
     sanitizeResources: false,
     sanitizeExit: false,
     fn: async () => {
-      const scope = new Scope();
-      currentScope = scope;
-      try {
-        await withTimeout(fn(scope), timeoutMs, `test "${name}"`);
-      } catch (e) {
-        reportProcesses(scope);
-        throw e;
-      } finally {
-        currentScope = undefined;
-        await scope.close();
+      const attempts = opts.attempts ?? 1;
+      for (let attempt = 1;; attempt++) {
+        const scope = new Scope();
+        currentScope = scope;
+        try {
+          await withTimeout(fn(scope), timeoutMs, `test "${name}"`);
+          return;
+        } catch (e) {
+          reportProcesses(scope);
+          if (attempt >= attempts) throw e;
+          console.error(`attempt ${attempt} of ${attempts} failed, trying again: ${e}`);
+        } finally {
+          currentScope = undefined;
+          await scope.close();
+        }
       }
     },
   });
