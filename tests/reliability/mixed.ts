@@ -51,8 +51,11 @@ import { Rng } from "./rng.ts";
 const PART = "mixed";
 /** How long after a backend is back a failure may still be blamed on its kill. */
 const KILL_GRACE_MS = 3000;
-/** Time for freed pages to go back to the system after a collection. */
-const SETTLE_MS = 3000;
+/**
+ * Time for freed pages to go back to the system after a collection: longer than the 5 s
+ * between an idle thread's malloc_trim calls (daemon.ts).
+ */
+const SETTLE_MS = 5500;
 
 export interface MixedOptions {
   /** Length of the load, and of the warm-up before the baseline is measured. */
