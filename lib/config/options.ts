@@ -581,6 +581,24 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "append|overwrite log file",
   }),
   define({
+    name: "metrics",
+    scope: "global",
+    status: "supported",
+    syntax: "[HOST:]PORT",
+    parse(raw, context) {
+      const parsed = parseAddress(raw, "accept", context.system.tcpService);
+      if (parsed.kind !== "tcp") throw "A TCP address is required";
+      return { host: parsed.host, port: parsed.port };
+    },
+    store: toGlobal("metrics"),
+    help: "[host:]port serve /metrics (Prometheus) and /healthz (extension)",
+    note: "Extension (not in stunnel). Serves `GET /metrics` in the Prometheus text format " +
+      "(the whole process's figures, every thread's) and `GET /healthz` (200 while accepting, " +
+      "503 otherwise) over plain HTTP; anything else gets 404. Without a host it listens on all " +
+      "IPv4 addresses, as `accept` does: give `127.0.0.1:PORT` to keep it local. Read at " +
+      "start-up; a reload keeps the address in force (as for `pid`).",
+  }),
+  define({
     name: "output",
     scope: "global",
     status: "supported",
@@ -641,6 +659,20 @@ export const OPTIONS: readonly OptionSpec[] = [
     store: toGlobal("syslog"),
     default: "yes",
     help: "yes|no send logging messages to syslog",
+  }),
+  define({
+    name: "watchFiles",
+    scope: "global",
+    status: "supported",
+    ...yesNo,
+    store: toGlobal("watchFiles"),
+    default: "no",
+    help: "yes|no reload a TLS context when its cert/key/CAfile/CRLfile change (extension)",
+    note: "Extension (not in stunnel). The files are looked at every second (their inode, size " +
+      "and times, through symlinks, so a Kubernetes `..data` swap counts); once a change has " +
+      "been stable for a second, the service's TLS context is built again. New handshakes get " +
+      "it, open connections keep theirs, listeners are not touched. A context that does not " +
+      "build is logged with the files and the old one stays.",
   }),
   define({
     name: "taskbar",
@@ -1437,6 +1469,7 @@ export function defaultGlobalOptions(): GlobalOptions {
     RNDoverwrite: true,
     service: "stunnel",
     syslog: true,
+    watchFiles: false,
     where: {},
   };
 }

@@ -27,6 +27,8 @@ export interface GlobalOptions {
   fips: boolean;
   foreground: Foreground;
   log: "append" | "overwrite";
+  /** `metrics = [HOST:]PORT` (extension): where /metrics and /healthz are served. */
+  metrics?: { host: string; port: number };
   output?: string;
   /** "" means no pid file (stunnel's default). */
   pid: string;
@@ -37,6 +39,8 @@ export interface GlobalOptions {
   setgid?: string;
   setuid?: string;
   syslog: boolean;
+  /** `watchFiles = yes` (extension): a changed cert, key, CAfile or CRLfile reloads its context. */
+  watchFiles: boolean;
   /** The lines the options above came from, keyed by option name (for late errors). */
   where: Record<string, Where>;
 }

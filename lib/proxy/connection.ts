@@ -4,6 +4,7 @@ import type { Logger } from "../sys/log.ts";
 import { NOT_A_SOCKET } from "../net/conn.ts";
 import { pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { Service } from "./service.ts";
+import { handshakeFailure, type ServiceCounters } from "./metrics.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
@@ -66,13 +67,19 @@ export class Connection {
   private redirected = false;
   /** Ends the SNI registration of a server-mode handshake (before the SSL object is freed). */
   private detachSni: (() => void) | undefined;
+  /** The accepting service's figures (SNI does not move a connection's counts). */
+  readonly counters: ServiceCounters;
+  /** In the TLS handshake: a failure now counts as a failed handshake. */
+  private handshaking = false;
 
   constructor(
     /** The accepting service, until SNI hands the connection to a secondary service. */
     public service: Service,
     readonly local: Conn,
     readonly log: Logger,
-  ) {}
+  ) {
+    this.counters = service.counters;
+  }
 
   /** SNI chose a secondary service: its connect, checks, timeouts and name apply from now on. */
   switchService(to: Service): void {
@@ -137,6 +144,7 @@ export class Connection {
    */
   private fail(e: unknown): boolean {
     const timedOut = this.timedOut;
+    if (this.handshaking) this.counters.handshake(handshakeFailure(e, timedOut !== undefined));
     if (timedOut) {
       this.log(
         timedOut.fatal ? 6 : 3,
@@ -267,6 +275,7 @@ export class Connection {
     const required = this.service.opts.requireCert;
     this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
     // A peer that fails verification (verify.ts) ends the handshake here.
+    this.handshaking = true;
     await tls.handshake(() => this.lastActivity = Date.now());
     this.busy = false;
     // Read after the handshake: SNI may have switched the service during it.
@@ -277,6 +286,10 @@ export class Connection {
       const { checkPeerOcsp } = await import("../tls/ocsp.ts");
       await checkPeerOcsp(engine, service.opts, log);
     }
+    this.handshaking = false;
+    this.counters.handshake("ok");
+    if (engine.sessionReused) this.counters.resumedSessions++;
+    else this.counters.newSessions++;
     service.tls.handshakeDone(engine);
     if (log.level >= 6) {
       const side = service.opts.client ? "connected" : "accepted";
@@ -352,7 +365,15 @@ export class Connection {
         this.lastActivity = Date.now();
       },
     });
-    const tlsToSocket = pipe(tls, plain, progress((n) => this.toSocket += n)).then(() => {
+    const { counters } = this;
+    const tlsToSocket = pipe(
+      tls,
+      plain,
+      progress((n) => {
+        this.toSocket += n;
+        counters.bytesToSocket += n;
+      }),
+    ).then(() => {
       this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
       // pipe() ended the plain side's direction: a socket is shut down, anything else closed.
       const socket = plain.conn.remoteAddr !== NOT_A_SOCKET;
@@ -360,7 +381,14 @@ export class Connection {
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
-    const socketToTls = pipe(plain, tls, progress((n) => this.toTls += n)).then(() => {
+    const socketToTls = pipe(
+      plain,
+      tls,
+      progress((n) => {
+        this.toTls += n;
+        counters.bytesToTls += n;
+      }),
+    ).then(() => {
       this.log(6, "Read socket closed (read hangup)");
       if (tls.closeNotifySent) {
         this.log(7, "Sending close_notify alert");
