@@ -65,6 +65,8 @@ TEST_TOOLS=(
   "/usr/include/syslog.h libc6-dev"
   "prlimit util-linux"
   "testssl testssl.sh"
+  "promtool prometheus"
+  "/usr/lib/python3/dist-packages/prometheus_client/parser.py python3-prometheus-client"
 )
 
 ensure_test_tools() {
