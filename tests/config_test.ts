@@ -82,7 +82,9 @@ Deno.test("table: every option of the manual, plus CAengine, exactly once", () =
   assert.equal(new Set(manual).size, 91);
   const names = OPTIONS.map((o) => o.name);
   assert.equal(new Set(names).size, names.length);
-  assert.deepEqual([...names].sort(), [...manual, "CAengine"].sort());
+  // Extensions of this implementation (not in stunnel's manual).
+  const extensions = ["metrics", "watchFiles"];
+  assert.deepEqual([...names].sort(), [...manual, "CAengine", ...extensions].sort());
 });
 
 Deno.test("table: names are matched case-insensitively, with stunnel's aliases", () => {
@@ -519,7 +521,8 @@ Deno.test("reference: -help layout is stunnel's", () => {
   ]);
   assert.equal(lines.at(-1), "verifyPeer             = yes|no verify peer certificate");
   assert.ok(!lines.some((line) => /^(fips|taskbar|icon)/.test(line)));
-  assert.equal(lines.length, 2 + 14 + 2 + 73 + 3);
+  // 14 global options of stunnel's, and the extensions metrics and watchFiles.
+  assert.equal(lines.length, 2 + 14 + 2 + 2 + 73 + 3);
 });
 
 Deno.test("reference: -version defaults, -options and -sockets", () => {

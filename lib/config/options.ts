@@ -591,12 +591,10 @@ export const OPTIONS: readonly OptionSpec[] = [
       return { host: parsed.host, port: parsed.port };
     },
     store: toGlobal("metrics"),
-    help: "[host:]port serve /metrics (Prometheus) and /healthz (extension)",
-    note: "Extension (not in stunnel). Serves `GET /metrics` in the Prometheus text format " +
-      "(the whole process's figures, every thread's) and `GET /healthz` (200 while accepting, " +
-      "503 otherwise) over plain HTTP; anything else gets 404. Without a host it listens on all " +
-      "IPv4 addresses, as `accept` does: give `127.0.0.1:PORT` to keep it local. Read at " +
-      "start-up; a reload keeps the address in force (as for `pid`).",
+    help: "[host:]port serve /metrics and /healthz (extension)",
+    note: "Extension. Prometheus text format, all threads' figures; `/healthz`: 200 while " +
+      "accepting, else 503; other paths 404. Without a host: all IPv4 addresses (as " +
+      "`accept`). Kept by a reload, as `pid`. See README (Metrics).",
   }),
   define({
     name: "output",
@@ -667,12 +665,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     ...yesNo,
     store: toGlobal("watchFiles"),
     default: "no",
-    help: "yes|no reload a TLS context when its cert/key/CAfile/CRLfile change (extension)",
-    note: "Extension (not in stunnel). The files are looked at every second (their inode, size " +
-      "and times, through symlinks, so a Kubernetes `..data` swap counts); once a change has " +
-      "been stable for a second, the service's TLS context is built again. New handshakes get " +
-      "it, open connections keep theirs, listeners are not touched. A context that does not " +
-      "build is logged with the files and the old one stays.",
+    help: "yes|no reload TLS files when they change (extension)",
+    note: "Extension. A changed `cert`, `key`, `CAfile` or `CRLfile` (polled each second, " +
+      "through symlinks) rebuilds the service's TLS context for new handshakes; one that " +
+      "does not load keeps the old. See README (Watched TLS files).",
   }),
   define({
     name: "taskbar",
