@@ -13,6 +13,7 @@ import { sClientEcho } from "./harness/openssl.ts";
 import { makePki } from "./harness/pki.ts";
 import { e2e, run, spawn } from "./harness/process.ts";
 import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { PROXY } from "./harness/command.ts";
 import { pollUntil, sleep, withTimeout } from "./harness/timing.ts";
 
 const EXTRA = "metrics = is an extension of this implementation";
@@ -213,6 +214,7 @@ e2e(
         `connect = 127.0.0.1:${echo.port}\ncert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
     );
     await proxy.waitForLog(/Metrics served on 127\.0\.0\.1:\d+/);
+    await proxy.waitForLog(/Accepting new connections/);
     const healthz = await run([
       "curl",
       "-s",
@@ -293,6 +295,73 @@ e2e(
       );
     } finally {
       busy.close();
+    }
+  },
+);
+
+e2e(
+  "metrics: /healthz is 503 until the proxy accepts, 200 from then on",
+  { extra: EXTRA, timeoutMs: 30_000 },
+  async () => {
+    const pki = await makePki();
+    const [tls, metrics] = freePorts(2);
+    const dir = await Deno.makeTempDir();
+    const conf = `${dir}/stunnel.conf`;
+    // Two threads: the worker's start (its own TLS contexts and sockets) comes before accepting.
+    await Deno.writeTextFile(
+      conf,
+      GLOBALS + `metrics = 127.0.0.1:${metrics}
+[tls]
+accept = 127.0.0.1:${tls}
+` +
+        `connect = 127.0.0.1:${freePort()}
+cert = ${pki.serverRsa.cert}
+` +
+        `key = ${pki.serverRsa.key}
+`,
+    );
+    const proxy = spawn([...PROXY, conf], { env: { STUNNEL_THREADS: "2" } });
+    /** Each answer, and whether the log said "Accepting new connections" before it was asked. */
+    const seen: { status: string; accepting: boolean }[] = [];
+    while (seen.filter((s) => s.status === "200").length < 3) {
+      const accepting = /Accepting new connections/.test(proxy.output.text());
+      const answer = await rawHttp(metrics, "GET /healthz HTTP/1.1\r\n\r\n").catch(() => "");
+      if (answer) seen.push({ status: answer.split(" ")[1], accepting });
+      await sleep(5);
+    }
+    const early = seen.filter((s) => !s.accepting).map((s) => s.status);
+    assert(early.includes("503"), `no 503 while starting: ${JSON.stringify(seen)}`);
+    // Asked before the log said so, a 200 may come from the moment between the two.
+    assert(!seen.some((s) => s.accepting && s.status !== "200"), JSON.stringify(seen));
+    assertEquals(seen.at(-1)?.status, "200");
+    await proxy.stop(5000);
+  },
+);
+
+e2e(
+  "metrics and watchFiles are refused in inetd mode",
+  { extra: EXTRA, timeoutMs: 30_000 },
+  async () => {
+    const pki = await makePki();
+    const dir = await Deno.makeTempDir();
+    for (
+      const [option, line] of [["metrics", "metrics = 127.0.0.1:1"], [
+        "watchFiles",
+        "watchFiles = yes",
+      ]]
+    ) {
+      const conf = `${dir}/${option}.conf`;
+      await Deno.writeTextFile(
+        conf,
+        `foreground = yes\n${line}\nconnect = 127.0.0.1:1\ncert = ${pki.serverEc.cert}\n` +
+          `key = ${pki.serverEc.key}\n`,
+      );
+      const r = await run([...PROXY, conf]);
+      assertEquals(r.code, 1);
+      assertMatch(
+        r.stderr,
+        new RegExp(`${option}\\.conf:2: option '${option}' cannot be used in inetd mode`),
+      );
     }
   },
 );
