@@ -365,3 +365,68 @@ e2e(
     }
   },
 );
+
+const RESET = `
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"\\x16\\x03\\x01")
+# Accepted by then: a connection reset in the accept queue may never be accepted.
+time.sleep(0.5)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+
+e2e(
+  "metrics: failed handshakes by reason",
+  { extra: EXTRA, timeoutMs: 60_000 },
+  async () => {
+    const pki = await makePki();
+    const echo = echoServer();
+    const [tls, metrics] = freePorts(2);
+    const proxy = await startProxy(
+      GLOBALS + `metrics = 127.0.0.1:${metrics}\n[tls]\naccept = 127.0.0.1:${tls}\n` +
+        `connect = 127.0.0.1:${echo.port}\ncert = ${pki.serverEc.cert}\n` +
+        `key = ${pki.serverEc.key}\nTIMEOUTbusy = 1\n`,
+    );
+    await proxy.waitForLog(/Accepting new connections/);
+    const failures = () => proxy.log().match(/Connection (reset|closed): 0 byte/g)?.length ?? 0;
+    const sClient = async (args: string[]) => {
+      const p = spawn(["openssl", "s_client", "-connect", `127.0.0.1:${tls}`, ...args]);
+      await p.closeStdin();
+      await p.wait(10_000);
+    };
+    // No cipher in common: an RSA suite against an ECDSA certificate.
+    await sClient(["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"]);
+    // The client refuses the server's certificate (another CA): its alert ends the handshake.
+    await sClient(["-CAfile", pki.otherCa, "-verify_return_error"]);
+    // Plain HTTP on the TLS port.
+    await rawHttp(tls, "GET / HTTP/1.0\r\n\r\n");
+    // A client that goes away before a ClientHello; one that sends nothing; one that resets.
+    (await Deno.connect({ hostname: "127.0.0.1", port: tls })).close();
+    const silent = await Deno.connect({ hostname: "127.0.0.1", port: tls });
+    const reset = await run(["/usr/bin/python3", "-c", RESET, String(tls)]);
+    assertEquals(reset.code, 0, reset.stderr);
+    await pollUntil(() => failures() >= 6, 20_000, "six failed handshakes");
+    closeQuietly(silent);
+    const samples = await parse(await scrape(metrics));
+    const result = (r: string) =>
+      value(samples, "stunnel_handshakes_total", { service: "tls", result: r });
+    assertEquals(
+      Object.fromEntries(
+        ["no_shared_cipher", "peer_alert", "protocol_error", "eof", "timeout", "reset", "ok"]
+          .map((r) => [r, result(r)]),
+      ),
+      {
+        no_shared_cipher: 1,
+        peer_alert: 1,
+        protocol_error: 1,
+        eof: 1,
+        timeout: 1,
+        reset: 1,
+        ok: 0,
+      },
+    );
+    assertEquals(result("other") + result("verify_failed"), 0);
+    await proxy.stop();
+  },
+);

@@ -32,6 +32,7 @@ const REASONS: readonly [RegExp, HandshakeResult][] = [
   ],
   [/no shared cipher|no suitable signature|no cipher match|no shared group/, "no_shared_cipher"],
   [/ alert /, "peer_alert"],
+  [/unexpected eof/, "eof"],
   [
     /wrong version number|unsupported protocol|http request|packet length too long|unexpected message|record layer failure/,
     "protocol_error",
