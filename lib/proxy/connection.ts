@@ -290,7 +290,8 @@ export class Connection {
     this.counters.handshake("ok");
     if (engine.sessionReused) this.counters.resumedSessions++;
     else this.counters.newSessions++;
-    service.tls.handshakeDone(engine);
+    // A context renewed meanwhile (`watchFiles`) keeps no session of the one it replaced.
+    if (engine.context === service.tls) service.tls.handshakeDone(engine);
     if (log.level >= 6) {
       const side = service.opts.client ? "connected" : "accepted";
       const reused = engine.sessionReused ? "previous session reused" : "new session negotiated";
