@@ -66,6 +66,8 @@ TEST_TOOLS=(
   "prlimit util-linux"
   "testssl testssl.sh"
   "/usr/sbin/haproxy haproxy"
+  "promtool prometheus"
+  "/usr/lib/python3/dist-packages/prometheus_client/parser.py python3-prometheus-client"
 )
 
 ensure_test_tools() {

@@ -83,7 +83,16 @@ Deno.test("table: every option of the manual, plus CAengine, exactly once", () =
   const names = OPTIONS.map((o) => o.name);
   assert.equal(new Set(names).size, names.length);
   // Extensions beyond stunnel (README: "Operations beyond stunnel", "TLS engines").
-  const extensions = ["alpn", "logFormat", "proxyVersion", "tlsEngine", "libssl", "libcrypto"];
+  const extensions = [
+    "alpn",
+    "logFormat",
+    "proxyVersion",
+    "tlsEngine",
+    "libssl",
+    "libcrypto",
+    "metrics",
+    "watchFiles",
+  ];
   assert.deepEqual([...names].sort(), [...manual, "CAengine", ...extensions].sort());
 });
 
@@ -521,7 +530,9 @@ Deno.test("reference: -help layout is stunnel's", () => {
   ]);
   assert.equal(lines.at(-1), "verifyPeer             = yes|no verify peer certificate");
   assert.ok(!lines.some((line) => /^(fips|taskbar|icon)/.test(line)));
-  assert.equal(lines.length, 2 + 15 + 2 + 75 + 3);
+  // stunnel's 14 global options and the extensions logFormat, metrics and watchFiles; its 73
+  // service options and the extensions alpn and proxyVersion.
+  assert.equal(lines.length, 2 + 14 + 3 + 2 + 73 + 2 + 3);
 });
 
 Deno.test("reference: -version defaults, -options and -sockets", () => {

@@ -51,6 +51,7 @@ export const DENO_TLS_RULES: Record<string, Rule> = {
   libssl: { refused: OPENSSL_FILES },
   log: HONOURED,
   logFormat: HONOURED,
+  metrics: HONOURED,
   output: HONOURED,
   pid: HONOURED,
   RNDbytes: { refused: PRNG },
@@ -59,6 +60,13 @@ export const DENO_TLS_RULES: Record<string, Rule> = {
   syslog: HONOURED,
   taskbar: HONOURED,
   tlsEngine: HONOURED,
+  watchFiles: {
+    global: (g) =>
+      g.watchFiles
+        ? "Deno's TLS takes a server's certificate when it starts listening, and a client's " +
+          "CA certificates when it connects: it renews no context"
+        : undefined,
+  },
   // service-level options
   accept: {
     service: (o) =>

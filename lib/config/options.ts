@@ -595,6 +595,22 @@ export const OPTIONS: readonly OptionSpec[] = [
       "configuration is read stay text.",
   }),
   define({
+    name: "metrics",
+    scope: "global",
+    status: "supported",
+    syntax: "[HOST:]PORT",
+    parse(raw, context) {
+      const parsed = parseAddress(raw, "accept", context.system.tcpService);
+      if (parsed.kind !== "tcp") throw "A TCP address is required";
+      return { host: parsed.host, port: parsed.port };
+    },
+    store: toGlobal("metrics"),
+    help: "[host:]port serve /metrics and /healthz (extension)",
+    note: "Extension. Prometheus text format, all threads' figures; `/healthz`: 200 while " +
+      "accepting, else 503; other paths 404. Without a host: all IPv4 addresses (as " +
+      "`accept`). Kept by a reload, as `pid`. See README (Metrics).",
+  }),
+  define({
     name: "output",
     scope: "global",
     status: "supported",
@@ -655,6 +671,18 @@ export const OPTIONS: readonly OptionSpec[] = [
     store: toGlobal("syslog"),
     default: "yes",
     help: "yes|no send logging messages to syslog",
+  }),
+  define({
+    name: "watchFiles",
+    scope: "global",
+    status: "supported",
+    ...yesNo,
+    store: toGlobal("watchFiles"),
+    default: "no",
+    help: "yes|no reload TLS files when they change (extension)",
+    note: "Extension. A changed `cert`, `key`, `CAfile` or `CRLfile` (polled each second, " +
+      "through symlinks) rebuilds the service's TLS context for new handshakes; one that " +
+      "does not load keeps the old. See README (Watched TLS files).",
   }),
   define({
     name: "taskbar",
@@ -1528,6 +1556,7 @@ export function defaultGlobalOptions(): GlobalOptions {
     service: "stunnel",
     syslog: true,
     tlsEngine: "auto",
+    watchFiles: false,
     where: {},
   };
 }

@@ -29,6 +29,8 @@ export interface GlobalOptions {
   log: "append" | "overwrite";
   /** Extension: `json` writes one JSON object per log line. */
   logFormat: "text" | "json";
+  /** `metrics = [HOST:]PORT` (extension): where /metrics and /healthz are served. */
+  metrics?: { host: string; port: number };
   output?: string;
   /** "" means no pid file (stunnel's default). */
   pid: string;
@@ -44,6 +46,8 @@ export interface GlobalOptions {
   /** Extension: the OpenSSL 3 files to load (else STUNNEL_LIBSSL/LIBCRYPTO, else a search). */
   libssl?: string;
   libcrypto?: string;
+  /** `watchFiles = yes` (extension): a changed cert, key, CAfile or CRLfile reloads its context. */
+  watchFiles: boolean;
   /** The lines the options above came from, keyed by option name (for late errors). */
   where: Record<string, Where>;
 }

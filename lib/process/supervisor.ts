@@ -11,6 +11,11 @@ import { every } from "../sys/timer.ts";
 import { monotonicUsec, type Notifier } from "../sys/notify.ts";
 import type { Configuration, GlobalOptions } from "../config/types.ts";
 import type { ToWorker, WorkerReply } from "./messages.ts";
+import { sumFigures, type ThreadFigures } from "../proxy/metrics.ts";
+import { CONTENT_TYPE, exposition, type ProcessFigures } from "./exposition.ts";
+import { MetricsServer, type Response } from "./metrics_server.ts";
+import { type FileChange, FileWatch } from "./watch.ts";
+import { formatAddress } from "../config/address.ts";
 
 /** How often the load is looked at, and the share of that time which is saturation. */
 const SCALE_INTERVAL_MS = 500;
@@ -39,6 +44,11 @@ function mainThreadDemand(): { busyNs: number; atNs: number } {
   }
 }
 
+/** How long a scrape waits for a worker thread's figures before it uses the last ones. */
+const FIGURES_WAIT_MS = 1000;
+/** `watchFiles`: how often the files are looked at. */
+const WATCH_INTERVAL_MS = 1000;
+
 /** Loads the configuration again on SIGHUP (from the same source). */
 export type ConfigLoader = () => Promise<Configuration>;
 
@@ -63,6 +73,18 @@ export class Supervisor {
   private turn: Promise<void> = Promise.resolve();
   /** The reload waiting for its turn, which serves every SIGHUP until it starts. */
   private queuedReload: Promise<void> | undefined;
+  /** `metrics =`: the HTTP server of /metrics and /healthz. */
+  private metricsServer: MetricsServer | undefined;
+  /** Accepting connections: started, and not stopping (/healthz). */
+  private accepting = false;
+  private readonly reloads = { success: 0, failure: 0 };
+  private lastReloadSuccess = 0;
+  private readonly certificateReloads: ProcessFigures["certificateReloads"] = {};
+  /** Each worker's last figures, for a scrape it does not answer in time. */
+  private readonly lastFigures = new Map<Worker, ThreadFigures>();
+  /** `watchFiles = yes`: the files of the services' TLS contexts, and the timer that looks. */
+  private watch: FileWatch | undefined;
+  private stopWatch: (() => void) | undefined;
 
   constructor(
     private config: Configuration,
@@ -86,6 +108,8 @@ export class Supervisor {
     this.installSignals();
     // Names are looked up before chroot: the jail need not have /etc/passwd and /etc/group.
     const ids = this.lookupIds(this.config.global);
+    // First, so that /healthz answers (503) while the services start.
+    this.serveMetrics();
     await this.daemon.start();
     const { chroot, setuid, setgid } = this.config.global;
     if (this.eager || chroot || setuid || setgid) {
@@ -103,6 +127,9 @@ export class Supervisor {
     // As stunnel: the programs of connect+exec sections start once privileges are dropped.
     this.daemon.startPrograms();
     this.log(6, "Accepting new connections");
+    this.lastReloadSuccess = Date.now() / 1000;
+    this.syncWatch();
+    this.accepting = true;
     this.markStarted();
     this.notifier?.send("READY=1", `MAINPID=${Deno.pid}`, `STATUS=${this.status()}`);
   }
@@ -111,6 +138,86 @@ export class Supervisor {
   private status(): string {
     const n = this.config.services.length;
     return `Accepting connections (${n} service${n === 1 ? "" : "s"})`;
+  }
+
+  /** `metrics = [HOST:]PORT`: binds the server; a port that cannot be bound stops the start. */
+  private serveMetrics(): void {
+    const address = this.config.global.metrics;
+    if (!address) return;
+    const where = formatAddress({ kind: "tcp", ...address });
+    try {
+      this.metricsServer = MetricsServer.listen(address, {
+        "/metrics": async (): Promise<Response> => ({
+          status: 200,
+          type: CONTENT_TYPE,
+          body: await this.exposition(),
+        }),
+        "/healthz": (): Response =>
+          this.accepting && !this.stopping
+            ? { status: 200, body: "OK\n" }
+            : { status: 503, body: "Not accepting\n" },
+      });
+    } catch (e) {
+      this.log(3, `Binding metrics to ${where}: ${osErrorText(e)}`);
+      throw new StartError("metrics");
+    }
+    this.log(6, `Metrics served on ${this.metricsServer.address}`);
+  }
+
+  /** Every thread's figures, summed, with the process's own. */
+  private async exposition(): Promise<string> {
+    const threads = await Promise.all(this.workers.map(async (w) => {
+      const reply = await this.ask(w, { type: "figures" }, FIGURES_WAIT_MS);
+      if (reply.figures) this.lastFigures.set(w, reply.figures);
+      return this.lastFigures.get(w) ?? {};
+    }));
+    return exposition(sumFigures([this.daemon.figures(), ...threads]), {
+      accepting: this.accepting && !this.stopping,
+      threads: this.workers.length + 1,
+      reloads: this.reloads,
+      lastReloadSuccess: this.lastReloadSuccess,
+      certificateReloads: this.certificateReloads,
+      certificates: this.daemon.certificates(),
+    });
+  }
+
+  /** Starts, rebases or stops looking at the TLS files, as `watchFiles` now says. */
+  private syncWatch(): void {
+    if (!this.config.global.watchFiles) {
+      this.stopWatch?.();
+      this.stopWatch = this.watch = undefined;
+    } else if (this.watch) {
+      this.watch.rebase(this.config);
+    } else {
+      this.watch = new FileWatch(this.config);
+      this.stopWatch = every(WATCH_INTERVAL_MS, () => {
+        const due = this.watch?.poll() ?? [];
+        if (due.length > 0 && !this.stopping) void this.inTurn(() => this.renewTls(due));
+      });
+    }
+  }
+
+  /**
+   * `watchFiles`: the services whose files changed get a new TLS context, in every thread;
+   * one that does not build keeps the old one (in every thread: the workers are not asked).
+   */
+  private async renewTls(changes: FileChange[]): Promise<void> {
+    if (this.stopping) return;
+    for (const { service, files } of changes) {
+      this.log(5, `Service [${service}]: ${files.join(", ")} changed; reloading the TLS context`);
+    }
+    const names = changes.map((c) => c.service);
+    const failed = await this.daemon.renewTls(names);
+    const renewed = names.filter((n) => !failed.includes(n));
+    for (const name of names) {
+      const count = this.certificateReloads[name] ??= { success: 0, failure: 0 };
+      if (failed.includes(name)) count.failure++;
+      else count.success++;
+    }
+    if (renewed.length === 0) return;
+    if (!await this.broadcast({ type: "renewTls", names: renewed })) {
+      this.log(3, "A worker thread kept its old TLS context; see its messages above");
+    }
   }
 
   /**
@@ -259,6 +366,7 @@ export class Supervisor {
   private async reloadConfiguration(): Promise<boolean> {
     this.log(5, `Reading configuration from ${describeSource(this.config.source)}`);
     const keep = () => {
+      this.reloads.failure++;
       this.log(3, "Configuration failed");
       this.log(3, "Failed to reload the configuration file");
     };
@@ -273,7 +381,7 @@ export class Supervisor {
     }
     // Options that are not reloaded, as in stunnel.
     const global = { ...next.global };
-    for (const name of ["chroot", "foreground", "pid", "setgid", "setuid"] as const) {
+    for (const name of ["chroot", "foreground", "metrics", "pid", "setgid", "setuid"] as const) {
       (global as Record<string, unknown>)[name] = this.config.global[name];
     }
     next = { ...next, global };
@@ -292,6 +400,9 @@ export class Supervisor {
     }
     this.log = this.sink.bind("ui", global.debugLevel);
     this.config = next;
+    this.reloads.success++;
+    this.lastReloadSuccess = Date.now() / 1000;
+    this.syncWatch();
     if (!await this.broadcast({ type: "reload", config: next })) {
       this.log(3, "A worker thread kept its old configuration; see its messages above");
     }
@@ -304,12 +415,14 @@ export class Supervisor {
     this.notifier?.send("STOPPING=1", "STATUS=Stopping");
     for (const [signal, handler] of this.signalHandlers) Deno.removeSignalListener(signal, handler);
     this.stopScaler?.();
+    this.stopWatch?.();
     // What is under way ends first; a reload still waiting then sees `stopping` and does nothing.
     await this.turn;
     await this.broadcast({ type: "stop" });
     for (const w of this.workers) w.terminate();
     this.removePidFile();
     this.daemon.stop(reason);
+    this.metricsServer?.close();
     this.resolveStopped();
   }
 

@@ -1,13 +1,17 @@
 /** A worker thread: one more Daemon on the same configuration, driven by the Supervisor. */
 import { Daemon } from "../proxy/daemon.ts";
 import { type ToWorker, type WorkerReply, workerSink } from "./messages.ts";
+import type { ThreadFigures } from "../proxy/metrics.ts";
 
 interface Context {
   daemon?: Daemon;
   stderrLevel: number;
 }
 
-async function handle(message: ToWorker, context: Context): Promise<boolean | string[]> {
+async function handle(
+  message: ToWorker,
+  context: Context,
+): Promise<boolean | string[] | ThreadFigures> {
   switch (message.type) {
     case "start": {
       context.stderrLevel = message.stderrLevel;
@@ -30,6 +34,11 @@ async function handle(message: ToWorker, context: Context): Promise<boolean | st
       return true;
     case "list":
       return context.daemon?.connectionSummaries() ?? [];
+    case "figures":
+      return context.daemon?.figures() ?? {};
+    case "renewTls":
+      // The failures are logged by this thread; the main thread counts them once.
+      return (await context.daemon?.renewTls(message.names) ?? []).length === 0;
     case "stop":
       context.daemon?.stop("Worker thread terminated");
       return true;
@@ -53,6 +62,8 @@ scope.onmessage = (e) => {
         scope.postMessage(
           Array.isArray(result)
             ? { id: e.data.id, ok: true, lines: result }
+            : typeof result === "object"
+            ? { id: e.data.id, ok: true, figures: result }
             : { id: e.data.id, ok: result },
         ),
       () => scope.postMessage({ id: e.data.id, ok: false }),

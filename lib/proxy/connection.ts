@@ -5,6 +5,7 @@ import { NOT_A_SOCKET } from "../net/conn.ts";
 import { DenoTlsStream, pipe, PlainStream, type Progress, type Stream, TlsStream } from "./pump.ts";
 import type { DenoTlsContext } from "../tls/deno.ts";
 import type { Service } from "./service.ts";
+import { handshakeFailure, type ServiceCounters } from "./metrics.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
@@ -69,13 +70,19 @@ export class Connection {
   private redirected = false;
   /** Ends the SNI registration of a server-mode handshake (before the SSL object is freed). */
   private detachSni: (() => void) | undefined;
+  /** The accepting service's figures (SNI does not move a connection's counts). */
+  readonly counters: ServiceCounters;
+  /** In the TLS handshake: a failure now counts as a failed handshake. */
+  private handshaking = false;
 
   constructor(
     /** The accepting service, until SNI hands the connection to a secondary service. */
     public service: Service,
     readonly local: Conn,
     readonly log: Logger,
-  ) {}
+  ) {
+    this.counters = service.counters;
+  }
 
   /** SNI chose a secondary service: its connect, checks, timeouts and name apply from now on. */
   switchService(to: Service): void {
@@ -145,6 +152,7 @@ export class Connection {
    */
   private fail(e: unknown): boolean {
     const timedOut = this.timedOut;
+    if (this.handshaking) this.counters.handshake(handshakeFailure(e, timedOut !== undefined));
     if (timedOut) {
       this.log(
         timedOut.fatal ? 6 : 3,
@@ -339,6 +347,7 @@ export class Connection {
     const required = this.service.opts.requireCert;
     this.log(6, required ? "Peer certificate required" : "Peer certificate not required");
     // A peer that fails verification (verify.ts) ends the handshake here.
+    this.handshaking = true;
     await tls.handshake(() => this.lastActivity = Date.now());
     this.busy = false;
     // Read after the handshake: SNI may have switched the service during it.
@@ -349,7 +358,12 @@ export class Connection {
       const { checkPeerOcsp } = await import("../tls/ocsp.ts");
       await checkPeerOcsp(engine, service.opts, log);
     }
-    service.tls.handshakeDone(engine);
+    this.handshaking = false;
+    this.counters.handshake("ok");
+    if (engine.sessionReused) this.counters.resumedSessions++;
+    else this.counters.newSessions++;
+    // A context renewed meanwhile (`watchFiles`) keeps no session of the one it replaced.
+    if (engine.context === service.tls) service.tls.handshakeDone(engine);
     if (log.level >= 6) {
       const side = service.opts.client ? "connected" : "accepted";
       const reused = engine.sessionReused ? "previous session reused" : "new session negotiated";
@@ -428,7 +442,15 @@ export class Connection {
         this.lastActivity = Date.now();
       },
     });
-    const tlsToSocket = pipe(tls, plain, progress((n) => this.toSocket += n)).then(() => {
+    const { counters } = this;
+    const tlsToSocket = pipe(
+      tls,
+      plain,
+      progress((n) => {
+        this.toSocket += n;
+        counters.bytesToSocket += n;
+      }),
+    ).then(() => {
       this.log(6, tls.peerEnd === "eof" ? "TLS socket closed (SSL_read)" : "TLS closed (SSL_read)");
       // pipe() ended the plain side's direction: a socket is shut down, anything else closed.
       const socket = plain.conn.remoteAddr !== NOT_A_SOCKET;
@@ -436,7 +458,14 @@ export class Connection {
       this.bothOpen = false;
       this.lastActivity = Date.now();
     }, fail);
-    const socketToTls = pipe(plain, tls, progress((n) => this.toTls += n)).then(() => {
+    const socketToTls = pipe(
+      plain,
+      tls,
+      progress((n) => {
+        this.toTls += n;
+        counters.bytesToTls += n;
+      }),
+    ).then(() => {
       this.log(6, "Read socket closed (read hangup)");
       if (tls.closeNotifySent) {
         this.log(7, "Sending close_notify alert");

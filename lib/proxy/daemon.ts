@@ -13,6 +13,8 @@ import { type LogContext, type Logger, LogSink } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { every } from "../sys/timer.ts";
 import { BindError, type Bound, newRoundRobin, Service } from "./service.ts";
+import { type ThreadFigures, ThreadMetrics } from "./metrics.ts";
+import { certificateNotAfter } from "../tls/expiry.ts";
 import { isSecondaryOnly, linkVirtualServices } from "../tls/sni.ts";
 import type { Conn } from "../net/conn.ts";
 import { TlsError } from "../tls/core.ts";
@@ -69,6 +71,7 @@ async function createServices(
   config: Configuration,
   log: Logger,
   runtime: Runtime,
+  metrics: ThreadMetrics,
 ): Promise<Service[]> {
   if (runtime.tlsEngine === "deno") {
     // Every option in use must be one Deno's TLS honours (config/deno_tls.ts).
@@ -83,7 +86,9 @@ async function createServices(
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
-      services.push(await Service.create(opts, log, runtime));
+      const service = await Service.create(opts, log, runtime);
+      service.counters = metrics.of(service.name);
+      services.push(service);
     } catch (e) {
       if (e instanceof TlsError) { for (const line of e.logLines()) log(3, line); }
       else log(3, (e as Error).message);
@@ -109,7 +114,7 @@ export async function checkServices(
 ): Promise<boolean> {
   let services: Service[];
   try {
-    services = await createServices(config, log, runtime);
+    services = await createServices(config, log, runtime, new ThreadMetrics());
   } catch (e) {
     if (!(e instanceof StartError)) log(3, (e as Error).message);
     return false;
@@ -144,6 +149,8 @@ export class Daemon {
   private lastTrim = 0;
   /** Connections accepted so far by this thread (the supervisor's measure of new load). */
   accepted = 0;
+  /** Every service's figures in this thread (`metrics =`), kept across reloads. */
+  private readonly metrics = new ThreadMetrics();
   /** Which service each listening socket accepts for. */
   private readonly owners = new Map<Deno.Listener, Service>();
   /** connect+exec sections whose program runs (or is restarted: `retry`). */
@@ -174,7 +181,7 @@ export class Daemon {
    * programs of connect+exec sections start later (startPrograms).
    */
   async start(): Promise<void> {
-    this.services = await createServices(this.config, this.log, this.runtime);
+    this.services = await createServices(this.config, this.log, this.runtime, this.metrics);
     // Worker threads resolve quietly: the main thread has said it all once.
     const quiet = Object.assign(() => {}, { level: -1 });
     for (const s of this.services) await s.prepare(this.runtime.worker ? quiet : this.log);
@@ -300,8 +307,13 @@ export class Daemon {
   private handle(service: Service, conn: Conn, log: Logger): Promise<void> {
     const connection = new Connection(service, conn, log);
     this.accepted++;
+    const { counters } = connection;
+    counters.accepted++;
+    counters.active++;
     this.connections.add(connection);
     return connection.run().finally(() => {
+      counters.active--;
+      counters.closed++;
       this.connections.delete(connection);
       if (this.connections.size === 0) this.trimUntil = Date.now() + TRIM_WINDOW_MS;
       // The connection's service now: SNI may have handed it to a secondary service.
@@ -339,6 +351,48 @@ export class Daemon {
     );
   }
 
+  /** This thread's figures of every service it has run. */
+  figures(): ThreadFigures {
+    return this.metrics.snapshot();
+  }
+
+  /** The notAfter (Unix seconds) of each service's certificate, as loaded now. */
+  certificates(): { service: string; file: string; notAfter: number }[] {
+    return this.services.flatMap((s) => {
+      const notAfter = certificateNotAfter(s.tls.ctx);
+      return notAfter === undefined || !s.opts.cert
+        ? []
+        : [{ service: s.name, file: s.opts.cert, notAfter }];
+    });
+  }
+
+  /**
+   * `watchFiles`: builds the TLS context of the services named again, from their files as
+   * they are now. Returns the names of those whose context did not build (logged; each keeps
+   * its old context).
+   */
+  async renewTls(names: readonly string[]): Promise<string[]> {
+    const failed: string[] = [];
+    for (const service of this.services.filter((s) => names.includes(s.name))) {
+      try {
+        await service.renewTls(this.log, this.runtime.ticketKeys);
+        this.log(5, `Service [${service.name}]: TLS context reloaded`);
+      } catch (e) {
+        if (e instanceof TlsError) { for (const line of e.logLines()) this.log(3, line); }
+        else this.log(3, (e as Error).message);
+        const files = (["cert", "key", "CAfile", "CRLfile"] as const)
+          .filter((o) => service.opts[o] !== undefined)
+          .map((o) => `${o} = ${service.opts[o]}`).join(", ");
+        this.log(
+          3,
+          `Service [${service.name}]: TLS context not reloaded (${files}); the previous one stays`,
+        );
+        failed.push(service.name);
+      }
+    }
+    return failed;
+  }
+
   /**
    * A reloaded configuration replaces the running one only if all of it works: every TLS
    * context builds and every new address binds. Returns whether it was applied; if so, the
@@ -356,7 +410,7 @@ export class Daemon {
       return false;
     }
     try {
-      services = await createServices(next, log, this.runtime);
+      services = await createServices(next, log, this.runtime, this.metrics);
     } catch {
       return false;
     }

@@ -87,6 +87,18 @@ export async function runInetd(config: Configuration, banner: string[]): Promise
     early(3, "Configuration failed");
     return 1;
   }
+  // One process per connection: a metrics server or a file watch would live as long as it.
+  for (const name of ["metrics", "watchFiles"] as const) {
+    if (!config.global[name]) continue;
+    const where = config.global.where[name];
+    early(
+      3,
+      `${where ? `${where.file}:${where.line}: ` : ""}option '${name}' cannot be used in inetd ` +
+        "mode (one process per connection)",
+    );
+    early(3, "Configuration failed");
+    return 1;
+  }
   const started = openStartupLog(config, banner);
   if (!started) return 1;
   const { sink, ui } = started;

@@ -12,6 +12,7 @@ import type { OwnSocket } from "../net/netconn.ts";
 import { type SocketOption, SocketOptions } from "../net/sockopt.ts";
 import { configureListener, fdSnapshot, ListenerOptionsError } from "../net/listener.ts";
 import { findListenerFds } from "../sys/sockfd.ts";
+import { ServiceCounters } from "./metrics.ts";
 
 /** Resolves every connect target; each failure is logged, and no address at all is an error. */
 async function resolveAll(addresses: Address[], log: Logger): Promise<Address[]> {
@@ -59,11 +60,16 @@ export class Service {
   readonly sockets: SocketOptions;
   /** Local options to set on each accepted socket (the listeners carry the others). */
   localPerConnection: SocketOption[] = [];
+  /** Its figures in this thread; the daemon gives it the ones kept under its name. */
+  counters = new ServiceCounters();
 
   constructor(
     readonly opts: ServiceOptions,
-    /** OpenSSL's context, or Deno's TLS (`tlsEngine = deno`). */
-    readonly engine: TlsContext | DenoTlsContext,
+    /**
+     * OpenSSL's context, or Deno's TLS (`tlsEngine = deno`); renewTls() replaces it
+     * (`watchFiles`): open connections keep the one they started on.
+     */
+    private engine: TlsContext | DenoTlsContext,
     private readonly roundRobin: Int32Array,
   ) {
     this.name = opts.name;
@@ -262,8 +268,21 @@ export class Service {
       };
       const conn = await connect(target, setup, log);
       if (conn) return conn;
+      this.counters.connectFailed(formatAddress(target));
     }
     throw new Error("No more addresses to connect");
+  }
+
+  /**
+   * A new TLS context built from the same options (`watchFiles`: its files changed); throws,
+   * keeping the current one, when it does not build. Handshakes under way and open connections
+   * keep the old context (their SSL objects hold a reference to it).
+   */
+  async renewTls(log: Logger, ticketKeys: Uint8Array): Promise<void> {
+    const tls = await TlsContext.create(this.opts, log, ticketKeys);
+    const old = this.tls;
+    this.engine = tls;
+    old.free();
   }
 
   free(): void {

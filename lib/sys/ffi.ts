@@ -248,6 +248,9 @@ const cryptoSymbols = {
   X509_STORE_free: { parameters: ["pointer"], result: "void" },
   ASN1_TIME_print: { parameters: ["pointer", "pointer"], result: "i32" },
   ASN1_TIME_diff: { parameters: ["buffer", "buffer", "pointer", "pointer"], result: "i32" },
+  // expiry.ts
+  X509_get0_notAfter: { parameters: ["pointer"], result: "pointer" },
+  ASN1_TIME_to_tm: { parameters: ["pointer", "buffer"], result: "i32" },
   CRYPTO_memdup: { parameters: ["buffer", "usize", "pointer", "i32"], result: "pointer" },
   OSSL_HTTP_parse_url: {
     parameters: [
