@@ -8,8 +8,9 @@
 import { assert, assertEquals, assertMatch, assertNotMatch } from "./harness/assert.ts";
 import { echoRoundTrip, echoServer, freePorts, tlsConnect } from "./harness/net.ts";
 import { makePki, type Pki } from "./harness/pki.ts";
-import { e2e, run, spawn } from "./harness/process.ts";
+import { e2e, run } from "./harness/process.ts";
 import { GLOBALS, type Proxy, startProxy } from "./harness/proxy.ts";
+import { sClientEcho } from "./harness/openssl.ts";
 
 const EXTRA = "watchFiles = is an extension of this implementation";
 
@@ -87,29 +88,6 @@ function unix(date: string): number {
 async function notAfter(cert: string): Promise<number> {
   const r = await run(["openssl", "x509", "-in", cert, "-noout", "-enddate"]);
   return unix(r.stdout.trim().replace("notAfter=", ""));
-}
-
-/**
- * One openssl s_client connection: `line` goes through the echo backend and back, then
- * s_client closes. Returns its output ("New, ..." or "Reused, ..." and the echo), or what it
- * said when the handshake failed. The echo is looked for anywhere: s_client prints the session
- * tickets it gets in the middle of other lines.
- */
-async function sClientEcho(port: number, args: string[], line: string): Promise<string> {
-  const p = spawn([
-    "openssl",
-    "s_client",
-    "-connect",
-    `127.0.0.1:${port}`,
-    "-servername",
-    "localhost",
-    ...args,
-  ]);
-  await p.write(`${line}\n`);
-  await p.stdout.waitFor(() => p.stdout.text().includes(line), 5000, "the echo").catch(() => {});
-  await p.closeStdin();
-  await p.wait(10_000);
-  return p.output.text();
 }
 
 interface Setup {
