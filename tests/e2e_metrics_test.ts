@@ -202,17 +202,24 @@ e2e(
   },
 );
 
+/** A server-mode service [tls] to an echo backend, with `extra` lines, and metrics served. */
+async function metricsProxy(extra: string) {
+  const pki = await makePki();
+  const echo = echoServer();
+  const [tls, metrics] = freePorts(2);
+  const proxy = await startProxy(
+    GLOBALS + `metrics = 127.0.0.1:${metrics}\n[tls]\naccept = 127.0.0.1:${tls}\n` +
+      `connect = 127.0.0.1:${echo.port}\ncert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n` +
+      extra,
+  );
+  return { pki, proxy, tls, metrics };
+}
+
 e2e(
   "metrics: only GET /metrics and /healthz; bounded requests; slow clients are cut off",
   { extra: EXTRA, timeoutMs: 60_000 },
   async () => {
-    const pki = await makePki();
-    const echo = echoServer();
-    const [tls, metrics] = freePorts(2);
-    const proxy = await startProxy(
-      GLOBALS + `metrics = 127.0.0.1:${metrics}\n[tls]\naccept = 127.0.0.1:${tls}\n` +
-        `connect = 127.0.0.1:${echo.port}\ncert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
-    );
+    const { pki, proxy, tls, metrics } = await metricsProxy("");
     await proxy.waitForLog(/Metrics served on 127\.0\.0\.1:\d+/);
     await proxy.waitForLog(/Accepting new connections/);
     const healthz = await run([
@@ -380,14 +387,7 @@ e2e(
   "metrics: failed handshakes by reason",
   { extra: EXTRA, timeoutMs: 60_000 },
   async () => {
-    const pki = await makePki();
-    const echo = echoServer();
-    const [tls, metrics] = freePorts(2);
-    const proxy = await startProxy(
-      GLOBALS + `metrics = 127.0.0.1:${metrics}\n[tls]\naccept = 127.0.0.1:${tls}\n` +
-        `connect = 127.0.0.1:${echo.port}\ncert = ${pki.serverEc.cert}\n` +
-        `key = ${pki.serverEc.key}\nTIMEOUTbusy = 1\n`,
-    );
+    const { pki, proxy, tls, metrics } = await metricsProxy("TIMEOUTbusy = 1\n");
     await proxy.waitForLog(/Accepting new connections/);
     const failures = () => proxy.log().match(/Connection (reset|closed): 0 byte/g)?.length ?? 0;
     const sClient = async (args: string[]) => {

@@ -109,19 +109,26 @@ async function watched(files: string): Promise<Setup> {
   return { proxy, port, metrics };
 }
 
+/**
+ * Two certificates of one CA (serials 10 and 20), the first copied to DIR/cert.pem and
+ * DIR/key.pem, which a watched service serves.
+ */
+async function watchedPair() {
+  const pki = await makePki();
+  const dir = await Deno.makeTempDir();
+  const first = await issue(pki, dir, "first", 10);
+  const second = await issue(pki, dir, "second", 20);
+  await Deno.copyFile(first.cert, `${dir}/cert.pem`);
+  await Deno.copyFile(first.key, `${dir}/key.pem`);
+  const setup = await watched(`cert = ${dir}/cert.pem\nkey = ${dir}/key.pem\n`);
+  return { pki, dir, first, second, ...setup };
+}
+
 e2e(
   "watchFiles: a replaced certificate serves new handshakes; an open connection keeps working",
   { extra: EXTRA, timeoutMs: 60_000 },
   async () => {
-    const pki = await makePki();
-    const dir = await Deno.makeTempDir();
-    const first = await issue(pki, dir, "first", 10);
-    const second = await issue(pki, dir, "second", 20);
-    await Deno.copyFile(first.cert, `${dir}/cert.pem`);
-    await Deno.copyFile(first.key, `${dir}/key.pem`);
-    const { proxy, port, metrics } = await watched(
-      `cert = ${dir}/cert.pem\nkey = ${dir}/key.pem\n`,
-    );
+    const { pki, dir, first, second, proxy, port, metrics } = await watchedPair();
     const open = await tlsConnect(port, pki.caPem);
     await echoRoundTrip(open, "before\n");
     assertEquals(await servedSerial(port), await serialOf(first.cert));
@@ -193,15 +200,7 @@ e2e(
   "watchFiles: a key that does not load keeps the old context, logged with its files and counted",
   { extra: EXTRA, timeoutMs: 60_000 },
   async () => {
-    const pki = await makePki();
-    const dir = await Deno.makeTempDir();
-    const first = await issue(pki, dir, "first", 10);
-    const second = await issue(pki, dir, "second", 20);
-    await Deno.copyFile(first.cert, `${dir}/cert.pem`);
-    await Deno.copyFile(first.key, `${dir}/key.pem`);
-    const { proxy, port, metrics } = await watched(
-      `cert = ${dir}/cert.pem\nkey = ${dir}/key.pem\n`,
-    );
+    const { pki, dir, first, second, proxy, port, metrics } = await watchedPair();
     await Deno.writeTextFile(
       `${dir}/key.pem`,
       "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",

@@ -110,6 +110,7 @@ export class Supervisor {
     const ids = this.lookupIds(this.config.global);
     // First, so that /healthz answers (503) while the services start.
     this.serveMetrics();
+    const files = Supervisor.fileStates(this.config);
     await this.daemon.start();
     const { chroot, setuid, setgid } = this.config.global;
     if (this.eager || chroot || setuid || setgid) {
@@ -128,7 +129,7 @@ export class Supervisor {
     this.daemon.startPrograms();
     this.log(6, "Accepting new connections");
     this.lastReloadSuccess = Date.now() / 1000;
-    this.syncWatch();
+    this.syncWatch(files);
     this.accepting = true;
     this.markStarted();
     this.notifier?.send("READY=1", `MAINPID=${Deno.pid}`, `STATUS=${this.status()}`);
@@ -181,20 +182,23 @@ export class Supervisor {
     });
   }
 
-  /** Starts, rebases or stops looking at the TLS files, as `watchFiles` now says. */
-  private syncWatch(): void {
-    if (!this.config.global.watchFiles) {
+  /** `watchFiles`: the state of the TLS files, read before the contexts are built from them. */
+  private static fileStates(config: Configuration): FileWatch | undefined {
+    return config.global.watchFiles ? new FileWatch(config) : undefined;
+  }
+
+  /** Looks at the TLS files from the states the contexts in force were built from, or stops. */
+  private syncWatch(states: FileWatch | undefined): void {
+    this.watch = states;
+    if (!states) {
       this.stopWatch?.();
-      this.stopWatch = this.watch = undefined;
-    } else if (this.watch) {
-      this.watch.rebase(this.config);
-    } else {
-      this.watch = new FileWatch(this.config);
-      this.stopWatch = every(WATCH_INTERVAL_MS, () => {
-        const due = this.watch?.poll() ?? [];
-        if (due.length > 0 && !this.stopping) void this.inTurn(() => this.renewTls(due));
-      });
+      this.stopWatch = undefined;
+      return;
     }
+    this.stopWatch ??= every(WATCH_INTERVAL_MS, () => {
+      const due = this.watch?.poll() ?? [];
+      if (due.length > 0 && !this.stopping) void this.inTurn(() => this.renewTls(due));
+    });
   }
 
   /**
@@ -393,6 +397,7 @@ export class Supervisor {
       keep();
       return false;
     }
+    const files = Supervisor.fileStates(next);
     if (!await this.daemon.apply(next, sink)) {
       sink.close();
       keep();
@@ -402,7 +407,7 @@ export class Supervisor {
     this.config = next;
     this.reloads.success++;
     this.lastReloadSuccess = Date.now() / 1000;
-    this.syncWatch();
+    this.syncWatch(files);
     if (!await this.broadcast({ type: "reload", config: next })) {
       this.log(3, "A worker thread kept its old configuration; see its messages above");
     }

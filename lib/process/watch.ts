@@ -43,14 +43,13 @@ function filesOf(opts: ServiceOptions): { option: string; path: string }[] {
 }
 
 export class FileWatch {
-  private services = new Map<string, Watched>();
+  private readonly services: Map<string, Watched>;
 
+  /**
+   * The files as they are now are those of the contexts about to be built (start-up, reload):
+   * taken before they are built, so that a change while they are built is seen, not missed.
+   */
   constructor(config: Configuration) {
-    this.rebase(config);
-  }
-
-  /** The files as they are now are those of the contexts in force (start-up, reload). */
-  rebase(config: Configuration): void {
     this.services = new Map(config.services.flatMap((opts) => {
       const files = filesOf(opts);
       if (files.length === 0) return [];
