@@ -73,29 +73,24 @@ function closeQuietly(stream: { close(): void }): void {
   }
 }
 
+/** Global options refused in inetd mode, and why. */
+const INETD_REFUSED = {
+  // stunnel drops privileges in inetd mode too; that is not done here yet: refused, not ignored.
+  chroot: "is not supported yet in inetd mode",
+  setuid: "is not supported yet in inetd mode",
+  setgid: "is not supported yet in inetd mode",
+  // One process per connection: a metrics server or a file watch would live as long as it.
+  metrics: "cannot be used in inetd mode (one process per connection)",
+  watchFiles: "cannot be used in inetd mode (one process per connection)",
+} as const;
+
 /** Serves the one connection on stdin/stdout; returns the process exit code. */
 export async function runInetd(config: Configuration, banner: string[]): Promise<number> {
-  // stunnel drops privileges in inetd mode too; that is not done here yet: refused, not ignored.
-  for (const name of ["chroot", "setuid", "setgid"] as const) {
-    if (!config.global[name]) continue;
-    const where = config.global.where[name];
-    early(
-      3,
-      `${where ? `${where.file}:${where.line}: ` : ""}option '${name}' is not supported yet in ` +
-        "inetd mode",
-    );
-    early(3, "Configuration failed");
-    return 1;
-  }
-  // One process per connection: a metrics server or a file watch would live as long as it.
-  for (const name of ["metrics", "watchFiles"] as const) {
-    if (!config.global[name]) continue;
-    const where = config.global.where[name];
-    early(
-      3,
-      `${where ? `${where.file}:${where.line}: ` : ""}option '${name}' cannot be used in inetd ` +
-        "mode (one process per connection)",
-    );
+  for (const [name, reason] of Object.entries(INETD_REFUSED)) {
+    const option = name as keyof typeof INETD_REFUSED;
+    if (!config.global[option]) continue;
+    const where = config.global.where[option];
+    early(3, `${where ? `${where.file}:${where.line}: ` : ""}option '${option}' ${reason}`);
     early(3, "Configuration failed");
     return 1;
   }
