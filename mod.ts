@@ -5,7 +5,8 @@ import { ConfigError, loadConfig, parseConfigText } from "./lib/config/parser.ts
 import { newRuntime, StartError } from "./lib/proxy/daemon.ts";
 import { cstr, lib, O_RDWR, OpenSslMissing } from "./lib/sys/ffi.ts";
 import { chooseTlsEngine, type TlsEngineChoice } from "./lib/tls/choice.ts";
-import { denoTlsRefusalLines, denoTlsRefusals } from "./lib/config/deno_tls.ts";
+import { refusalsOfRun } from "./lib/config/platform.ts";
+import { platform, platformLine } from "./lib/sys/platform.ts";
 import { runInetd } from "./lib/proxy/inetd.ts";
 import { early, LogSink } from "./lib/sys/log.ts";
 import { checkConfiguration } from "./lib/process/check.ts";
@@ -33,8 +34,10 @@ const THREADS_ENV = "STUNNEL_THREADS";
 /** stunnel's banner; `tls`: the engine chosen (by default as `tlsEngine = auto` would). */
 export function versionLines(tls?: TlsEngineChoice): string[] {
   const choice = tls ?? defaultChoice();
+  // stunnel names its configure host (x86_64-pc-linux-gnu); elsewhere Deno's target.
+  const host = Deno.build.os === "linux" ? `${Deno.build.arch}-pc-linux-gnu` : Deno.build.target;
   const head = [
-    `stunnel ${STUNNEL_VERSION} on ${Deno.build.arch}-pc-linux-gnu platform`,
+    `stunnel ${STUNNEL_VERSION} on ${host} platform`,
     `stunnel-deno ${VERSION} (TypeScript on Deno ${Deno.version.deno})`,
   ];
   if (choice.openssl) {
@@ -45,6 +48,7 @@ export function versionLines(tls?: TlsEngineChoice): string[] {
       `Compiled with OpenSSL ${openssl}`,
       `Running  with OpenSSL ${openssl}`,
       `OpenSSL loaded from ${libssl} and ${libcrypto}`,
+      platformLine(platform()),
       "Threading:DENO Sockets:DENO,IPv6 TLS:SNI",
     ];
   }
@@ -52,6 +56,7 @@ export function versionLines(tls?: TlsEngineChoice): string[] {
     ...head,
     `TLS engine: Deno's own TLS (rustls), ${choice.how}`,
     ...(choice.fallback ? [choice.fallback] : []),
+    platformLine(platform()),
     "Threading:DENO Sockets:DENO,IPv6",
   ];
 }
@@ -70,8 +75,8 @@ export type ConfigSource = { path: string } | { fd: number };
 
 function load(source: ConfigSource): Promise<Configuration> {
   if ("path" in source) return loadConfig(source.path);
-  // Through /proc, a pipe or socket can be read as well as a file.
-  const text = Deno.readTextFileSync(`/proc/self/fd/${source.fd}`);
+  // Through /dev/fd, a pipe or socket can be read as well as a file.
+  const text = Deno.readTextFileSync(`/dev/fd/${source.fd}`);
   return Promise.resolve(parseConfigText(text, `descriptor ${source.fd}`));
 }
 
@@ -81,6 +86,11 @@ export async function run(source: ConfigSource): Promise<number> {
   if (!config) return 1;
   const tls = chooseEngineOrReport(config);
   if (!tls) return 1;
+  const { libc } = platform();
+  if ("missing" in libc && libc.named) {
+    early(3, `STUNNEL_LIBC: ${libc.missing}`);
+    return 1;
+  }
   const detached = Deno.env.get(DETACHED_ENV) === "1";
   if (config.global.foreground === "no" && !detached && !config.inetd) {
     return await detach();
@@ -104,10 +114,9 @@ function chooseEngineOrReport(config: Configuration): TlsEngineChoice | undefine
     early(3, "Configuration failed");
     return undefined;
   }
-  if (tls.engine === "openssl") return tls;
-  const refused = denoTlsRefusalLines(denoTlsRefusals(config), tls.how);
+  const refused = refusalsOfRun(config, platform(), tls.engine === "deno" ? tls.how : undefined);
   if (refused.length === 0) return tls;
-  if (tls.fallback) early(3, tls.fallback);
+  if (tls.engine === "deno" && tls.fallback) early(3, tls.fallback);
   for (const line of refused) early(3, line);
   early(3, "Configuration failed");
   return undefined;

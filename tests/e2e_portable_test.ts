@@ -1,9 +1,11 @@
 /**
- * End-to-end: the two TLS engines (`tlsEngine = openssl|deno`) and finding OpenSSL. The basics
- * (server mode, client mode verifying the server, the SNI a client sends, failover, bulk
- * integrity) run under both engines; with the OpenSSL libraries hidden (a mount namespace that
- * masks them with an empty file), `auto` falls back to Deno's TLS and `openssl` refuses to start;
- * Deno's TLS refuses the options it cannot honour, naming file, line and reason.
+ * End-to-end: the two TLS engines (`tlsEngine = openssl|deno`), finding OpenSSL, and running
+ * without the C library (STUNNEL_LIBC=none: what a platform without one, Windows, leaves). The
+ * basics (server mode, client mode verifying the server, the SNI a client sends, failover, bulk
+ * integrity) run under both engines and without the C library; with the OpenSSL libraries
+ * hidden (a mount namespace that masks them with an empty file), `auto` falls back to Deno's TLS
+ * and `openssl` refuses to start; Deno's TLS and a platform without the C library refuse the
+ * options they cannot honour, naming file, line and reason.
  *
  * These are extensions: skipped with PROXY_CMD=stunnel4.
  */
@@ -29,9 +31,19 @@ import { sClient, sServer } from "./harness/openssl.ts";
 import { PROXY } from "./harness/command.ts";
 import { OPTIONS } from "../lib/config/options.ts";
 import { DENO_TLS_RULES } from "../lib/config/deno_tls.ts";
+import { PLATFORM_NEEDS } from "../lib/config/platform.ts";
 
 const EXTRA = "tlsEngine, libssl and libcrypto are extensions of this implementation";
-const ENGINES = ["openssl", "deno"] as const;
+/** The basics run under each engine, and with OpenSSL but no C library. */
+const PROFILES: { label: string; tlsEngine: "openssl" | "deno"; options: ProxyOptions }[] = [
+  { label: "openssl engine", tlsEngine: "openssl", options: {} },
+  { label: "deno engine", tlsEngine: "deno", options: {} },
+  {
+    label: "no C library",
+    tlsEngine: "openssl",
+    options: { cmd: ["env", "STUNNEL_LIBC=none", ...PROXY] },
+  },
+];
 const LIBDIR = `/usr/lib/${Deno.build.arch}-linux-gnu`;
 
 /** The proxy command run in a mount namespace where libssl.so.3 and libcrypto.so.3 are empty. */
@@ -50,10 +62,15 @@ Deno.test("deno tls: every option of the table is classified", () => {
   assertEquals(Object.keys(DENO_TLS_RULES).sort(), names);
 });
 
-for (const engine of ENGINES) {
+Deno.test("platform: every option of the table is classified", () => {
+  const names = OPTIONS.map((o) => o.name).sort();
+  assertEquals(Object.keys(PLATFORM_NEEDS).sort(), names);
+});
+
+for (const { label, tlsEngine: engine, options } of PROFILES) {
   const globals = `${GLOBALS}tlsEngine = ${engine}\n`;
 
-  e2e(`${engine} engine: server mode, verified by s_client; the banner names the engine`, {
+  e2e(`${label}: server mode, verified by s_client; the banner names the engine`, {
     extra: EXTRA,
   }, async () => {
     const pki = await makePki();
@@ -62,12 +79,19 @@ for (const engine of ENGINES) {
     const proxy = await startProxy(
       `${globals}[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${backend.port}\n` +
         `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+      options,
     );
     assertMatch(
       proxy.log(),
       engine === "deno"
         ? /TLS engine: Deno's own TLS \(rustls\), tlsEngine = deno/
         : /OpenSSL loaded from \/\S*libssl\.so\.3 and \/\S*libcrypto\.so\.3/,
+    );
+    assertMatch(
+      proxy.log(),
+      "cmd" in options
+        ? /C library: none \(STUNNEL_LIBC=none\): no syslog, daemon mode/
+        : /C library loaded from \/\S*libc\.so\.6/,
     );
     const client = sClient(port, { ca: pki.ca });
     await client.write("hello engine\n");
@@ -81,7 +105,7 @@ for (const engine of ENGINES) {
     assertMatch(proxy.log(), /Service \[s\] accepted connection from 127\.0\.0\.1/);
   });
 
-  e2e(`${engine} engine: client mode verifies the server (CAfile, checkHost)`, {
+  e2e(`${label}: client mode verifies the server (CAfile, checkHost)`, {
     extra: EXTRA,
   }, async () => {
     const pki = await makePki();
@@ -95,6 +119,7 @@ for (const engine of ENGINES) {
       `verifyChain = yes\nCAfile = ${pki.ca}\ncheckHost = localhost\n`;
     const proxy = await startProxy(
       globals + section("good", portGood, good) + section("bad", portBad, bad),
+      options,
     );
     const conn = await tcpConnect(portGood);
     await writeAll(conn, encode("to the server\n"));
@@ -116,7 +141,7 @@ for (const engine of ENGINES) {
     closeQuietly(refused);
   });
 
-  e2e(`${engine} engine: client mode sends the sni name`, { extra: EXTRA }, async () => {
+  e2e(`${label}: client mode sends the sni name`, { extra: EXTRA }, async () => {
     const hellos = new Queue<string>();
     // Reads the ClientHello and reports its server_name; the handshake goes no further.
     const backend = tcpServer(async (conn) => {
@@ -133,13 +158,14 @@ for (const engine of ENGINES) {
       `${globals}[c]\nclient = yes\naccept = 127.0.0.1:${port}\n` +
         `connect = 127.0.0.1:${backend.port}\nsni = sni.example.test\n` +
         `verifyChain = yes\nCAfile = ${pki.ca}\n`,
+      options,
     );
     const conn = await tcpConnect(port);
     assertEquals(await hellos.next(10_000, "ClientHello"), "sni.example.test");
     closeQuietly(conn);
   });
 
-  e2e(`${engine} engine: failover to the next connect address`, {
+  e2e(`${label}: failover to the next connect address`, {
     extra: EXTRA,
   }, async () => {
     const pki = await makePki();
@@ -150,6 +176,7 @@ for (const engine of ENGINES) {
       `${globals}[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:${dead}\n` +
         `connect = 127.0.0.1:${backend.port}\nfailover = prio\n` +
         `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+      options,
     );
     const tls = await tlsConnect(port, pki.caPem);
     await writeAll(tls, encode("ping"));
@@ -159,7 +186,7 @@ for (const engine of ENGINES) {
     assertMatch(proxy.log(), new RegExp(`s_connect: connected 127\\.0\\.0\\.1:${backend.port}`));
   });
 
-  e2e(`${engine} engine: 32 MiB each way through client and server mode, sha256 checked`, {
+  e2e(`${label}: 32 MiB each way through client and server mode, sha256 checked`, {
     extra: EXTRA,
     timeoutMs: 90_000,
   }, async () => {
@@ -171,6 +198,7 @@ for (const engine of ENGINES) {
         `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n` +
         `[c]\nclient = yes\naccept = 127.0.0.1:${client}\nconnect = 127.0.0.1:${server}\n` +
         `verifyChain = yes\nCAfile = ${pki.ca}\ncheckHost = localhost\n`,
+      options,
     );
     const result = await tcpTransfer(client, { send: 32 * MiB, seed: 3, timeoutMs: 80_000 });
     const far = await sink.results.next(20_000, "the backend's digests");
@@ -298,3 +326,56 @@ function serverName(record: Uint8Array): string {
   }
   return "";
 }
+
+e2e("no C library: the options that need it are refused with file, line and reason", {
+  extra: "STUNNEL_LIBC is an extension of this implementation",
+}, async () => {
+  const pki = await makePki();
+  const [port, port2] = freePorts(2);
+  const proxy = await startProxy(
+    `${GLOBALS}setuid = nobody\n` +
+      `[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:9\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n` +
+      `socket = l:SO_KEEPALIVE=1\nreset = yes\n` +
+      `[e]\naccept = 127.0.0.1:${port2}\nexec = /bin/cat\npty = yes\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+    { cmd: ["env", "STUNNEL_LIBC=none", ...PROXY], allowFailure: true },
+  );
+  await proxy.exited;
+  assert(!proxy.ready, "started with options it cannot honour");
+  const noLibc = "it needs the C library: no C library \\(STUNNEL_LIBC=none\\)";
+  const line = (at: string, option: string) =>
+    new RegExp(
+      `${at}stunnel\\.conf:\\d+: option '${option}' cannot be used on this platform: ${noLibc}`,
+    );
+  // A global line the services inherit is named once.
+  assertEquals(proxy.log().match(/option 'setuid'/g)?.length, 1);
+  assertMatch(proxy.log(), line("\\S+", "setuid"));
+  assertMatch(proxy.log(), line("Service \\[s\\]: \\S+", "socket"));
+  assertMatch(proxy.log(), line("Service \\[s\\]: \\S+", "reset"));
+  assertMatch(proxy.log(), line("Service \\[e\\]: \\S+", "exec"));
+  assertMatch(proxy.log(), line("Service \\[e\\]: \\S+", "pty"));
+  assertMatch(proxy.log(), /Configuration failed/);
+  assert(!(await isListening(port)), "listening after a failed start");
+});
+
+e2e("STUNNEL_LIBC: a file that loads is used and named; one that does not stops the start", {
+  extra: "STUNNEL_LIBC is an extension of this implementation",
+}, async () => {
+  const named = `${LIBDIR}/libc.so.6`;
+  const version = await run(["env", `STUNNEL_LIBC=${named}`, ...PROXY, "-version"]);
+  assertMatch(version.stdout + version.stderr, new RegExp(`C library loaded from ${named}`));
+  const pki = await makePki();
+  const [port] = freePorts(1);
+  const proxy = await startProxy(
+    `${GLOBALS}[s]\naccept = 127.0.0.1:${port}\nconnect = 127.0.0.1:9\n` +
+      `cert = ${pki.serverEc.cert}\nkey = ${pki.serverEc.key}\n`,
+    { cmd: ["env", "STUNNEL_LIBC=/nonexistent/libc.so", ...PROXY], allowFailure: true },
+  );
+  await proxy.exited;
+  assert(!proxy.ready, "started without the C library it was told to load");
+  assertMatch(
+    proxy.log(),
+    /STUNNEL_LIBC: the C library \/nonexistent\/libc\.so did not load: .*No such file/,
+  );
+});

@@ -3,17 +3,8 @@
  * option of the table is classified here, and a configuration that sets one it cannot honour
  * is refused at start-up with the line and the reason (never ignored).
  */
-import type { Configuration, GlobalOptions, ServiceOptions, Where } from "./types.ts";
-
-/** Deno's TLS honours the option (or it is no TLS matter). */
-const HONOURED = "honoured";
-
-/** A reason the option cannot be honoured, or a check of its value (the reason, or nothing). */
-type Rule =
-  | typeof HONOURED
-  | { refused: string }
-  | { service(opts: ServiceOptions): string | undefined }
-  | { global(global: GlobalOptions): string | undefined };
+import type { Configuration, ServiceOptions } from "./types.ts";
+import { HONOURED, type Refusal, refusals, type Rule } from "./refusals.ts";
 
 const ENGINES = "OpenSSL engines: Deno's TLS has none";
 const PRNG = "OpenSSL's random generator: Deno's TLS has its own";
@@ -231,54 +222,11 @@ function pemOnly(path: string | undefined): string | undefined {
   }
 }
 
-/** One refusal: the option, where it was set, why. */
-export interface DenoTlsRefusal {
-  option: string;
-  where?: Where;
-  section?: string;
-  reason: string;
-}
-
 /** Every option `config` sets that Deno's TLS cannot honour, in file order. */
-export function denoTlsRefusals(config: Configuration): DenoTlsRefusal[] {
-  const found: DenoTlsRefusal[] = [];
-  if (config.inetd) {
-    found.push({
-      option: "(inetd mode)",
-      reason: "Deno's TLS runs only on sockets Deno made, not on stdin/stdout",
-    });
-  }
-  for (const [option, where] of Object.entries(config.global.where)) {
-    const rule = DENO_TLS_RULES[option];
-    const reason = rule === HONOURED || rule === undefined
-      ? undefined
-      : "refused" in rule
-      ? rule.refused
-      : "global" in rule
-      ? rule.global(config.global)
-      : undefined;
-    if (reason) found.push({ option, where, reason });
-  }
-  for (const service of config.services) {
-    // Every option the section sets (its own lines and the global section's defaults).
-    const names = new Set([...Object.keys(service.where), "client"]);
-    for (const option of names) {
-      const rule = DENO_TLS_RULES[option];
-      if (rule === HONOURED || rule === undefined || "global" in rule) continue;
-      const reason = "refused" in rule ? rule.refused : rule.service(service);
-      if (reason && !found.some((f) => f.option === option && f.where === service.where[option])) {
-        found.push({ option, where: service.where[option], section: service.name, reason });
-      }
-    }
-  }
-  return found;
-}
-
-/** stunnel-style lines for the refusals (`how`: how Deno's TLS came to be chosen). */
-export function denoTlsRefusalLines(found: DenoTlsRefusal[], how: string): string[] {
-  return found.map((f) => {
-    const at = f.where ? `${f.where.file}:${f.where.line}: ` : "";
-    const section = f.section !== undefined && f.section !== "" ? `Service [${f.section}]: ` : "";
-    return `${section}${at}option '${f.option}' cannot be used with ${how}: ${f.reason}`;
-  });
+export function denoTlsRefusals(config: Configuration): Refusal[] {
+  return refusals(
+    config,
+    DENO_TLS_RULES,
+    "Deno's TLS runs only on sockets Deno made, not on stdin/stdout",
+  );
 }

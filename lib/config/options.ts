@@ -6,6 +6,7 @@
 
 import { type AddressRole, parseAddress, type ServiceLookup } from "./address.ts";
 import { OCSP_FLAGS, sslOptionName, SYSLOG_FACILITIES, SYSLOG_LEVELS } from "../sys/names.ts";
+import { platform } from "../sys/platform.ts";
 import { PROTOCOL_NAMES } from "./protocols.ts";
 import type { ConfigLine, EngineStep, GlobalOptions, PskSecrets, ServiceOptions } from "./types.ts";
 
@@ -1542,19 +1543,22 @@ export function findOption(name: string): OptionSpec | undefined {
 }
 
 export function defaultGlobalOptions(): GlobalOptions {
+  // Without the C library (Windows) there is no detaching and no syslog: stunnel's Windows
+  // build has neither either.
+  const libc = "file" in platform().libc;
   return {
     debugFacility: "daemon",
     debugLevel: 5,
     engineSteps: [],
     fips: false,
-    foreground: "no",
+    foreground: libc ? "no" : "yes",
     log: "append",
     logFormat: "text",
     pid: "",
     RNDbytes: 1024,
     RNDoverwrite: true,
     service: "stunnel",
-    syslog: true,
+    syslog: libc,
     tlsEngine: "auto",
     watchFiles: false,
     where: {},

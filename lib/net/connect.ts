@@ -12,6 +12,7 @@ import type { Log } from "../sys/log.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import { getaddrinfo } from "../sys/resolve.ts";
 import { lowestFreeFd } from "../sys/sockfd.ts";
+import { platform } from "../sys/platform.ts";
 import type { Conn } from "./conn.ts";
 import type { OwnSocket } from "./netconn.ts";
 
@@ -47,7 +48,7 @@ export async function connect(
     if (target.kind === "unix") {
       conn = await Deno.connect({ transport: "unix", path: target.path });
     } else {
-      const fdHint = lowestFreeFd();
+      const fdHint = platform().descriptors ? lowestFreeFd() : undefined;
       const tcp = await Deno.connect({
         transport: "tcp",
         hostname: target.host,

@@ -6,6 +6,7 @@ import { lib } from "../sys/ffi.ts";
 import { errnoText } from "../sys/oserror.ts";
 import type { Logger } from "../sys/log.ts";
 import { decodeSockAddr, findConnFd } from "../sys/sockfd.ts";
+import { platform } from "../sys/platform.ts";
 import { setOptions, type SocketOption } from "./sockopt.ts";
 import type { Address } from "../config/types.ts";
 import type { Conn } from "./conn.ts";
@@ -26,6 +27,12 @@ export function applyLocalOptions(
   log: Logger,
 ): void {
   if (conn.localAddr.transport !== "tcp" || conn.remoteAddr.transport !== "tcp") return;
+  if (!platform().descriptors) {
+    // Only stunnel's default l:TCP_NODELAY gets here (config/platform.ts refuses the others).
+    conn.setNoDelay?.(true);
+    log(7, "Option TCP_NODELAY set on local socket");
+    return;
+  }
   const { all, own } = options;
   let fd: number | undefined;
   if (own.length > 0) {

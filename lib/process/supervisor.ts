@@ -316,6 +316,13 @@ export class Supervisor {
       Deno.addSignalListener(signal, deferred);
       this.signalHandlers.push([signal, deferred]);
     };
+    if (Deno.build.os === "windows") {
+      // Windows has no SIGHUP/SIGUSR*/SIGTERM: Ctrl-C and Ctrl-Break stop the proxy.
+      for (const signal of ["SIGINT", "SIGBREAK"] as const) {
+        on(signal, () => void this.stop("Terminated"));
+      }
+      return;
+    }
     on("SIGHUP", () => void this.reload());
     on("SIGUSR1", () => void this.inTurn(() => this.reopenLogs()));
     on("SIGUSR2", () => void this.inTurn(() => this.listConnections()));

@@ -9,6 +9,7 @@ import { handshakeFailure, type ServiceCounters } from "./metrics.ts";
 import { osErrorText } from "../sys/oserror.ts";
 import type { Conn } from "../net/conn.ts";
 import { resetNow } from "../net/reset.ts";
+import { platform } from "../sys/platform.ts";
 import { applyLocalOptions, originalDestination } from "../net/localsock.ts";
 import { ocspChecksPeer } from "../tls/ocsp_scope.ts";
 import { attachSni } from "../tls/sni.ts";
@@ -162,7 +163,8 @@ export class Connection {
     } else {
       this.logFailure(e);
     }
-    if (!this.service.opts.reset) return false;
+    // Without descriptors the default `reset = yes` falls back to a close (config/platform.ts).
+    if (!this.service.opts.reset || !platform().descriptors) return false;
     // A negotiation that answered the peer properly ends without a reset, as in stunnel.
     if (e instanceof ProtocolError && !e.reset) return false;
     // A peer that reset the connection is gone: only failures of ours are worth an RST.

@@ -22,7 +22,8 @@ import { attachEngines, setUpGlobalCrypto } from "../tls/engine.ts";
 import type { Configuration, LogId } from "../config/types.ts";
 import { chooseOpenSsl } from "../sys/ffi.ts";
 import type { TlsEngineChoice } from "../tls/choice.ts";
-import { denoTlsRefusalLines, denoTlsRefusals } from "../config/deno_tls.ts";
+import { refusalsOfRun } from "../config/platform.ts";
+import { platform } from "../sys/platform.ts";
 
 /** A failure that has already been logged; the daemon cannot start with this configuration. */
 export class StartError extends Error {}
@@ -73,16 +74,17 @@ async function createServices(
   runtime: Runtime,
   metrics: ThreadMetrics,
 ): Promise<Service[]> {
-  if (runtime.tlsEngine === "deno") {
-    // Every option in use must be one Deno's TLS honours (config/deno_tls.ts).
-    const refused = denoTlsRefusalLines(denoTlsRefusals(config), runtime.tlsEngineHow);
-    for (const line of refused) log(3, line);
-    if (refused.length > 0) throw new StartError("Configuration failed");
-  } else if (runtime.worker) {
+  // Every option in use must be one this platform and the TLS engine can honour.
+  const deno = runtime.tlsEngine === "deno" ? runtime.tlsEngineHow : undefined;
+  const refused = refusalsOfRun(config, platform(), deno);
+  for (const line of refused) log(3, line);
+  if (refused.length > 0) throw new StartError("Configuration failed");
+  if (deno === undefined) {
     // Engines, FIPS and the PRNG are the process's: set up by the main thread before any
     // service.
-    attachEngines(config.global);
-  } else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
+    if (runtime.worker) attachEngines(config.global);
+    else if (!setUpGlobalCrypto(config.global, log)) throw new StartError("Configuration failed");
+  }
   const services: Service[] = [];
   for (const opts of config.services) {
     try {
@@ -325,9 +327,10 @@ export class Daemon {
     const now = Date.now();
     for (const c of this.connections) c.checkTimeout(now);
     // malloc keeps what OpenSSL and the buffers freed (the contexts a reload replaced, the
-    // read buffers of ended connections) unless told to give it back.
+    // read buffers of ended connections) unless told to give it back (glibc's malloc_trim).
     if (
-      this.connections.size === 0 && now < this.trimUntil && now - this.lastTrim >= TRIM_EVERY_MS
+      platform().descriptors && this.connections.size === 0 && now < this.trimUntil &&
+      now - this.lastTrim >= TRIM_EVERY_MS
     ) {
       this.lastTrim = now;
       lib().libc.malloc_trim(0n);

@@ -12,6 +12,7 @@ import type { OwnSocket } from "../net/netconn.ts";
 import { type SocketOption, SocketOptions } from "../net/sockopt.ts";
 import { configureListener, fdSnapshot, ListenerOptionsError } from "../net/listener.ts";
 import { findListenerFds } from "../sys/sockfd.ts";
+import { platform } from "../sys/platform.ts";
 import { ServiceCounters } from "./metrics.ts";
 
 /** Resolves every connect target; each failure is logged, and no address at all is an error. */
@@ -30,7 +31,8 @@ async function resolveAll(addresses: Address[], log: Logger): Promise<Address[]>
 export interface Bound {
   accept: Address;
   listener: Deno.Listener;
-  fd: number;
+  /** Its descriptor, where descriptors are reached (sys/platform.ts). */
+  fd: number | undefined;
 }
 
 /** No `accept` address of the service could be bound (logged). */
@@ -149,7 +151,8 @@ export class Service {
         }
         this.bound.push(bound);
       }
-      log(6, `Service [${this.name}] (FD=${bound.fd}) bound to ${boundAddress(bound.listener)}`);
+      const fd = bound.fd === undefined ? "" : ` (FD=${bound.fd})`;
+      log(6, `Service [${this.name}]${fd} bound to ${boundAddress(bound.listener)}`);
     }
     if (this.bound.length === 0) {
       log(3, `Binding service [${this.name}] failed`);
@@ -166,13 +169,16 @@ export class Service {
         // no stale socket
       }
     }
-    const before = fdSnapshot();
+    // Without descriptors, only stunnel's default options apply: Deno's listeners reuse the
+    // address (a:SO_REUSEADDR), and TCP_NODELAY is set on each connection (localsock.ts).
+    const before = platform().descriptors ? fdSnapshot() : undefined;
     const deno = this.denoTls;
     const listener: Deno.Listener = accept.kind === "unix"
       ? Deno.listen({ transport: "unix", path: accept.path })
       : deno && !this.opts.client
       ? deno.listen(accept.host, accept.port, reusePort)
       : Deno.listen({ transport: "tcp", hostname: accept.host, port: accept.port, reusePort });
+    if (!before) return { accept, listener, fd: undefined };
     const [fd] = findListenerFds(listener.addr, before);
     log(7, `Listening file descriptor created (FD=${fd})`);
     try {
@@ -191,6 +197,7 @@ export class Service {
   adopt(from: Bound, accept: Address, log: Logger): void {
     const bound = { ...from, accept };
     this.bound.push(bound);
+    if (!platform().descriptors) return;
     try {
       this.addPerConnection(configureListener(bound.listener, undefined, this.sockets, log));
     } catch {

@@ -4,7 +4,16 @@
  */
 import { type OpenSslCandidate, openSslCandidates, type OpenSslFiles } from "./openssl_files.ts";
 
-const LIBC = "libc.so.6";
+/**
+ * The C library, per platform: glibc by its soname on Linux, libSystem on macOS; Windows has no
+ * POSIX C library to call. STUNNEL_LIBC names another file, or `none` (the portable core alone,
+ * as on Windows: platform.ts says what needs the C library).
+ */
+function libcFile(): string | undefined {
+  const named = Deno.env.get("STUNNEL_LIBC");
+  if (named !== undefined && named !== "") return named === "none" ? undefined : named;
+  return { linux: "libc.so.6", darwin: "/usr/lib/libSystem.B.dylib" }[Deno.build.os as string];
+}
 
 const sslSymbols = {
   TLS_server_method: { parameters: [], result: "pointer" },
@@ -367,7 +376,11 @@ const libcSymbols = {
   chdir: { parameters: ["buffer"], result: "i32" },
   getpwnam: { parameters: ["buffer"], result: "pointer" },
   getgrnam: { parameters: ["buffer"], result: "pointer" },
-  __errno_location: { parameters: [], result: "pointer" },
+  errno_location: {
+    name: Deno.build.os === "darwin" ? "__error" : "__errno_location",
+    parameters: [],
+    result: "pointer",
+  },
   strerror: { parameters: ["i32"], result: "pointer" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   open: { parameters: ["buffer", "i32"], result: "i32" },
@@ -380,8 +393,6 @@ const libcSymbols = {
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   // daemon.ts: the memory of the contexts a reload freed goes back to the system
   malloc_trim: { parameters: ["usize"], result: "i32" },
-  // psk.ts, session.ts: writes into buffers OpenSSL hands to a callback
-  memcpy: { parameters: ["pointer", "buffer", "usize"], result: "pointer" },
   // exec.ts / inetd.ts: half-close of a socket on stdout (inetd mode)
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   // socks (client mode): SO_ORIGINAL_DST
@@ -441,7 +452,7 @@ export interface Native {
  * thread), and a configuration uses a fraction of them.
  */
 function lazySymbols<S extends Deno.ForeignLibraryInterface>(
-  path: string,
+  path: () => string,
   symbols: S,
 ): Deno.DynamicLibrary<S>["symbols"] {
   const bound = {} as Deno.DynamicLibrary<S>["symbols"];
@@ -450,7 +461,7 @@ function lazySymbols<S extends Deno.ForeignLibraryInterface>(
       configurable: true,
       get() {
         const one = { [name]: symbols[name] } as Pick<S, typeof name>;
-        const value = Deno.dlopen(path, one).symbols[name];
+        const value = Deno.dlopen(path(), one).symbols[name];
         Object.defineProperty(bound, name, { value });
         return value;
       },
@@ -483,6 +494,7 @@ interface OpenSslState {
 
 let native: Native | undefined;
 let openssl: OpenSslState = { files: {} };
+const libcState: { loaded?: string; missing?: LibcMissing } = {};
 
 /**
  * Names the OpenSSL files to load (`libssl`/`libcrypto`, then the environment, then the
@@ -559,19 +571,58 @@ export function lib(): Native {
   if (!native) {
     let ssl: SslLib | undefined;
     let crypto: CryptoLib | undefined;
-    const libc = lazySymbols(LIBC, libcSymbols);
+    // The C library is looked for on the first use of one of its symbols (platform.ts).
+    const libc = lazySymbols(loadLibc, libcSymbols);
     native = {
       // OpenSSL is found and loaded on the first use of one of its symbols.
       get ssl() {
-        return ssl ??= lazySymbols(loadOpenSsl().libssl, sslSymbols);
+        return ssl ??= lazySymbols(() => loadOpenSsl().libssl, sslSymbols);
       },
       get crypto() {
-        return crypto ??= lazySymbols(loadOpenSsl().libcrypto, cryptoSymbols);
+        return crypto ??= lazySymbols(() => loadOpenSsl().libcrypto, cryptoSymbols);
       },
       libc,
     };
   }
   return native;
+}
+
+/** No C library to call on this platform (or STUNNEL_LIBC=none), or it did not load. */
+export class LibcMissing extends Error {
+  /** STUNNEL_LIBC named the file that did not load: an error, not the platform's lot. */
+  constructor(message: string, readonly named = false) {
+    super(message);
+  }
+}
+
+/** The C library's file, loaded once per thread, or why not (throws LibcMissing, every time). */
+export function loadLibc(): string {
+  if (libcState.loaded !== undefined) return libcState.loaded;
+  if (libcState.missing) throw libcState.missing;
+  const file = libcFile();
+  if (file === undefined) {
+    const why = Deno.env.get("STUNNEL_LIBC") === "none"
+      ? "STUNNEL_LIBC=none"
+      : `${Deno.build.os} has no POSIX C library`;
+    throw libcState.missing = new LibcMissing(`no C library (${why})`);
+  }
+  try {
+    Deno.dlopen(file, { getpid: libcSymbols.getpid }).close();
+  } catch (e) {
+    const reason = (e instanceof Error ? e.message : String(e))
+      .replace(/^(Could not open library: )+/, "").split("\n")[0];
+    throw libcState.missing = new LibcMissing(
+      `the C library ${file} did not load: ${reason}`,
+      Deno.env.get("STUNNEL_LIBC") === file,
+    );
+  }
+  return libcState.loaded = loadedPath(file);
+}
+
+/** Copies `bytes` into memory OpenSSL handed to a callback (a buffer of at least that size). */
+export function copyTo(dest: Ptr, bytes: Uint8Array): void {
+  if (dest === null) throw new Error("no memory to copy into (NULL)");
+  new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(dest, bytes.length)).set(bytes);
 }
 
 // libwrap: TCP Wrappers (libwrap.so.0), opened only when a service has `libwrap = yes`.
@@ -714,7 +765,7 @@ export function drainErrors(): OpenSslError[] {
 
 /** The calling thread's errno, right after a failed libc call (oserror.ts words it). */
 export function errno(): number {
-  const p = lib().libc.__errno_location();
+  const p = lib().libc.errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }
 

@@ -5,6 +5,7 @@
  * behaves as before.
  */
 import { cstr, lib } from "./ffi.ts";
+import { platform } from "./platform.ts";
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
@@ -40,6 +41,8 @@ export class Notifier {
 
   /** The notifier of NOTIFY_SOCKET, or undefined when the process has no supervisor to tell. */
   static fromEnvironment(): Notifier | undefined {
+    // systemd is Linux's; its socket is written through the C library.
+    if (!platform().descriptors) return undefined;
     const name = Deno.env.get("NOTIFY_SOCKET");
     const address = name ? notifyAddress(name) : undefined;
     return address && new Notifier(address);

@@ -3,6 +3,7 @@
  * Deno's errors ("... (os error N)") and getaddrinfo's error codes.
  */
 import { errno, lib, readCString } from "./ffi.ts";
+import { platform } from "./platform.ts";
 
 /** Deno's "Connection refused (os error 111)" in stunnel's form "Connection refused (111)". */
 export function osError(e: unknown): { text: string; errno: number } {
@@ -18,6 +19,7 @@ export function osErrorText(e: unknown): string {
 
 /** strerror(code) alone. */
 function strerror(code: number): string {
+  if ("missing" in platform().libc) return `Error ${code}`;
   return readCString(lib().libc.strerror(code));
 }
 

@@ -8,6 +8,7 @@
 import { lib, type Ptr } from "./ffi.ts";
 import { gaiErrorText } from "./oserror.ts";
 import { decodeSockAddr, inetSockAddr } from "./sockfd.ts";
+import { platform } from "./platform.ts";
 
 const AI_PASSIVE = 1;
 const SOCK_STREAM = 1;
@@ -66,8 +67,18 @@ function addresses(host: string, rc: number, result: BigUint64Array): string[] {
   return found;
 }
 
+/**
+ * Whether getaddrinfo() is called for `host`: not for a numeric address, which is its own, nor
+ * off Linux, as the structures are read with Linux's layout; there the name is left to Deno,
+ * which resolves it when it connects or binds (to its first address).
+ */
+function direct(host: string): boolean {
+  return inetSockAddr(host, 0) === null && platform().descriptors;
+}
+
 /** The addresses of `host`, resolved now (while the configuration is read); throws ResolveError. */
 export function getaddrinfoSync(host: string, hints: ResolveHints = {}): string[] {
+  if (!direct(host)) return [host];
   const r = request(host, hints);
   const rc = lib().libc.getaddrinfo(r.name, null, r.hints, new Uint8Array(r.result.buffer));
   return addresses(host, rc, r.result);
@@ -78,7 +89,7 @@ export function getaddrinfoSync(host: string, hints: ResolveHints = {}): string[
  * (no trip to the pool). Throws ResolveError.
  */
 export async function getaddrinfo(host: string, hints: ResolveHints = {}): Promise<string[]> {
-  if (inetSockAddr(host, 0) !== null) return [host];
+  if (!direct(host)) return [host];
   const r = request(host, hints);
   const rc = await lib().libc.getaddrinfo_async(
     r.name,

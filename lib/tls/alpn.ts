@@ -3,7 +3,7 @@
  * protocols that the client offers, or none (the handshake goes on without ALPN, as HAProxy
  * does); a client-mode context offers its list.
  */
-import { lib, type Ptr } from "../sys/ffi.ts";
+import { copyTo, lib, type Ptr } from "../sys/ffi.ts";
 import { check, type ContextHandle, type TlsContextLog } from "./core.ts";
 
 const SSL_TLSEXT_ERR_OK = 0;
@@ -80,9 +80,8 @@ function select(
       // *out points into the client's list, which outlives the callback.
       const chosen = Deno.UnsafePointer.offset(offered, j + 1);
       const address = new BigUint64Array([BigInt(Deno.UnsafePointer.value(chosen))]);
-      const { libc } = lib();
-      libc.memcpy(out, new Uint8Array(address.buffer), 8n);
-      libc.memcpy(outlen, new Uint8Array([offer.length]), 1n);
+      copyTo(out, new Uint8Array(address.buffer));
+      copyTo(outlen, new Uint8Array([offer.length]));
       return SSL_TLSEXT_ERR_OK;
     }
   }

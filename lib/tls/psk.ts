@@ -10,7 +10,7 @@
  * The callbacks are one per thread and never closed (an SSL object can outlive its context
  * across a reload); they find the connection, and through it the keys, by the SSL object.
  */
-import { lib, type Ptr, readCString } from "../sys/ffi.ts";
+import { copyTo, lib, type Ptr, readCString } from "../sys/ffi.ts";
 import { connectionOf, type ContextHandle, type TlsContextLog, TlsError } from "./core.ts";
 
 /** What the callbacks of one context need. */
@@ -102,9 +102,8 @@ function onClient(
       conn.log(3, `PSK too long (${selected.key.length}>${maxPsk} bytes)`);
       return 0;
     }
-    const { libc } = lib();
-    libc.memcpy(identity, selected.identity, BigInt(selected.identity.length));
-    libc.memcpy(psk, selected.key, BigInt(selected.key.length));
+    copyTo(identity, selected.identity);
+    copyTo(psk, selected.key);
     conn.psk = true;
     conn.log(6, `PSK client configured for identity "${selected.text}"`);
     return selected.key.length;
@@ -131,7 +130,7 @@ function onServer(ssl: Ptr, identity: Ptr, psk: Ptr, maxPsk: number): number {
       conn.log(3, `PSK too long (${key.length}>${maxPsk})`);
       return 0;
     }
-    lib().libc.memcpy(psk, key, BigInt(key.length));
+    copyTo(psk, key);
     conn.psk = true;
     conn.log(5, `Key configured for PSK identity "${name}"`);
     return key.length;

@@ -21,6 +21,7 @@
  * connection, and through it the context, by the SSL object.
  */
 import {
+  copyTo,
   drainErrors,
   lib,
   type Ptr,
@@ -417,7 +418,7 @@ function onTicketKey(
     // Not ours to judge: no ticket is issued, and a received one is not decrypted.
     if (!secrets) return 0;
     conn.log(7, "Session ticket processing callback");
-    const { ssl: s, crypto, libc } = lib();
+    const { ssl: s, crypto } = lib();
     if (
       crypto.HMAC_Init_ex(hmacCtx, secrets.mac, secrets.mac.length, crypto.EVP_sha256(), null) !== 1
     ) {
@@ -426,7 +427,7 @@ function onTicketKey(
     }
     const cipher = secrets.key.length === 16 ? crypto.EVP_aes_128_cbc() : crypto.EVP_aes_256_cbc();
     if (enc) {
-      libc.memcpy(keyName, secrets.name, BigInt(secrets.name.length));
+      copyTo(keyName, secrets.name);
       if (crypto.RAND_bytes(iv, IV_LENGTH) !== 1) {
         conn.log(3, "RAND_bytes failed");
         return -1;

@@ -21,6 +21,7 @@
  */
 import dgram from "node:dgram";
 import {
+  copyTo,
   lib,
   type Ptr,
   SSL_CLIENT_HELLO_RETRY,
@@ -323,7 +324,7 @@ function onNewSession(ssl: Ptr, session: Ptr): number {
 function onGetSession(ssl: Ptr, data: Ptr, length: number, copy: Ptr): Ptr {
   try {
     // OpenSSL takes over the reference of the session returned (no extra one).
-    if (copy !== null) lib().libc.memcpy(copy, new Uint8Array(4), 4n);
+    if (copy !== null) copyTo(copy, new Uint8Array(4));
     const conn = connectionOf(ssl);
     conn?.log(7, "Get session callback");
     const hello = conn && hellos.get(conn);
