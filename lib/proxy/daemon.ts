@@ -24,6 +24,7 @@ import { chooseOpenSsl } from "../sys/ffi.ts";
 import type { TlsEngineChoice } from "../tls/choice.ts";
 import { refusalsOfRun } from "../config/platform.ts";
 import { platform } from "../sys/platform.ts";
+import { MemoryReducer } from "../sys/memory.ts";
 
 /** A failure that has already been logged; the daemon cannot start with this configuration. */
 export class StartError extends Error {}
@@ -149,6 +150,8 @@ export class Daemon {
    */
   private trimUntil = 0;
   private lastTrim = 0;
+  /** A full collection and a trim in the quiet moment after a burst of connections. */
+  private readonly memory = new MemoryReducer();
   /** Connections accepted so far by this thread (the supervisor's measure of new load). */
   accepted = 0;
   /** Every service's figures in this thread (`metrics =`), kept across reloads. */
@@ -309,6 +312,7 @@ export class Daemon {
   private handle(service: Service, conn: Conn, log: Logger): Promise<void> {
     const connection = new Connection(service, conn, log);
     this.accepted++;
+    this.memory.accept();
     const { counters } = connection;
     counters.accepted++;
     counters.active++;
@@ -454,6 +458,7 @@ export class Daemon {
     for (const s of this.services) this.unbind(s);
     for (const c of this.connections) c.abort();
     this.stopTimer();
+    this.memory.stop();
     for (const s of this.services) s.free();
     this.sink.close();
   }
