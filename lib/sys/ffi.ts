@@ -537,9 +537,7 @@ function tryOpenSsl(candidate: OpenSslCandidate, tried: string[]): OpenSslLoaded
     }).symbols;
     Deno.dlopen(libssl, { TLS_method: { parameters: [], result: "pointer" } });
   } catch (e) {
-    const reason = (e instanceof Error ? e.message : String(e))
-      .replace(/^(Could not open library: )+/, "").split("\n")[0];
-    tried.push(`${libcrypto} and ${libssl}${where}: ${reason}`);
+    tried.push(`${libcrypto} and ${libssl}${where}: ${loaderReason(e)}`);
     return undefined;
   }
   const version = readCString(crypto.OpenSSL_version(0));
@@ -552,6 +550,12 @@ function tryOpenSsl(candidate: OpenSslCandidate, tried: string[]): OpenSslLoaded
     libcrypto: loadedPath(libcrypto),
     version,
   };
+}
+
+/** The dynamic loader's reason a library did not open, in one line. */
+function loaderReason(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e))
+    .replace(/^(Could not open library: )+/, "").split("\n")[0];
 }
 
 /** Where the dynamic linker found a library opened by its bare name (Linux: the maps). */
@@ -609,8 +613,7 @@ export function loadLibc(): string {
   try {
     Deno.dlopen(file, { getpid: libcSymbols.getpid }).close();
   } catch (e) {
-    const reason = (e instanceof Error ? e.message : String(e))
-      .replace(/^(Could not open library: )+/, "").split("\n")[0];
+    const reason = loaderReason(e);
     throw libcState.missing = new LibcMissing(
       `the C library ${file} did not load: ${reason}`,
       Deno.env.get("STUNNEL_LIBC") === file,
