@@ -2,7 +2,6 @@
  * The services of one thread: their listeners, connections and reloads. The process-wide part
  * (signals, pid file, privileges, worker threads) is the Supervisor's.
  */
-import { lib } from "../sys/ffi.ts";
 import { formatAddress } from "../config/address.ts";
 import { Connection, formatPeer } from "./connection.ts";
 import { isExecConnect } from "../local/exec.ts";
@@ -135,22 +134,11 @@ function uniqueId(): string {
   return Array.from(bytes, (b) => ID_CHARS[b % ID_CHARS.length]).join("");
 }
 
-/** An idle thread gives freed memory back every TRIM_EVERY_MS for TRIM_WINDOW_MS. */
-const TRIM_EVERY_MS = 5_000;
-const TRIM_WINDOW_MS = 60_000;
-
 export class Daemon {
   private log: Logger;
   private services: Service[] = [];
   private readonly connections = new Set<Connection>();
-  /**
-   * Until when an idle thread gives freed memory back to the system (malloc_trim), and when it
-   * last did: for a while after its last connection ended or a reload, as garbage collections
-   * free buffers some time after their connections ended.
-   */
-  private trimUntil = 0;
-  private lastTrim = 0;
-  /** A full collection and a trim in the quiet moment after a burst of connections. */
+  /** Gives freed memory back after bursts, and while the thread has no connection. */
   private readonly memory = new MemoryReducer();
   /** Connections accepted so far by this thread (the supervisor's measure of new load). */
   accepted = 0;
@@ -321,7 +309,7 @@ export class Daemon {
       counters.active--;
       counters.closed++;
       this.connections.delete(connection);
-      if (this.connections.size === 0) this.trimUntil = Date.now() + TRIM_WINDOW_MS;
+      if (this.connections.size === 0) this.memory.settle();
       // The connection's service now: SNI may have handed it to a secondary service.
       log(7, `Service [${connection.service.name}] finished (${this.connections.size} left)`);
     });
@@ -330,15 +318,7 @@ export class Daemon {
   private checkTimeouts(): void {
     const now = Date.now();
     for (const c of this.connections) c.checkTimeout(now);
-    // malloc keeps what OpenSSL and the buffers freed (the contexts a reload replaced, the
-    // read buffers of ended connections) unless told to give it back (glibc's malloc_trim).
-    if (
-      platform().descriptors && this.connections.size === 0 && now < this.trimUntil &&
-      now - this.lastTrim >= TRIM_EVERY_MS
-    ) {
-      this.lastTrim = now;
-      lib().libc.malloc_trim(0n);
-    }
+    this.memory.tick(now, this.connections.size);
   }
 
   reopenLog(): void {
@@ -438,7 +418,7 @@ export class Daemon {
       return false;
     }
     for (const o of old) this.unbind(o);
-    this.trimUntil = Date.now() + TRIM_WINDOW_MS;
+    this.memory.settle();
     this.listen(services);
     this.sink.switchTo(sink);
     this.log = this.uiLogger(this.sink, next);
